@@ -1,0 +1,161 @@
+"""``detrdistill`` command line: make-shapes, pretrain-backbone, train, eval."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from detrdistill.config import ConfigError, load_config, save_config
+from detrdistill.data.errors import DatasetError
+
+
+def _add_budget(parser: argparse.ArgumentParser) -> None:
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, help="training steps (default: the config's train.steps)")
+    budget.add_argument("--minutes", type=float, help="wall-clock training budget instead of a step count")
+
+
+def _add_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="COCO-format dataset directory")
+    parser.add_argument("--train-split", help="annotation split for training (default: train)")
+    parser.add_argument("--val-split", help="annotation split for evaluation (default: val)")
+
+
+def _config_with_overrides(args):
+    config = load_config(args.config)
+    if getattr(args, "steps", None) is not None:
+        config.train.steps, config.train.minutes = args.steps, None
+    if getattr(args, "minutes", None) is not None:
+        config.train.steps, config.train.minutes = None, args.minutes
+    if getattr(args, "seed", None) is not None:
+        config.train.seed = args.seed
+    if getattr(args, "train_split", None):
+        config.data.train_split = args.train_split
+    if getattr(args, "val_split", None):
+        config.data.val_split = args.val_split
+    return config
+
+
+def cmd_make_shapes(args) -> None:
+    from detrdistill.data.shapes import make_shapes
+
+    out = make_shapes(args.out, num_train=args.train, num_val=args.val, seed=args.seed, image_size=args.image_size)
+    print(f"wrote {out}")
+
+
+def cmd_pretrain_backbone(args) -> None:
+    from detrdistill.data.coco import CocoDetection
+    from detrdistill.models.backbone_pretraining import cached_backbone
+    from detrdistill.training.prepare import default_backbone_cache
+
+    config = _config_with_overrides(args)
+    dataset = CocoDetection(args.data, config.data.train_split, transforms=None)
+    cache = args.backbone_cache or default_backbone_cache(args.data)
+    _, stats, path = cached_backbone(
+        dataset, config.model.backbone, config.backbone_pretraining, cache, config.train.seed
+    )
+    print(f"backbone: {path}  (crop val accuracy {stats['val_accuracy']:.3f} over {stats['num_crops']} crops)")
+
+
+def cmd_train(args) -> None:
+    from detrdistill.evaluate import format_ap_table
+    from detrdistill.training.loop import DetectionObjective, fit, seed_everything
+    from detrdistill.training.prepare import default_backbone_cache, load_datasets, prepare_detector
+
+    config = _config_with_overrides(args)
+    seed_everything(config.train.seed)
+    train_set, val_set = load_datasets(args.data, config.data)
+    cache = args.backbone_cache or default_backbone_cache(args.data)
+    model, init = prepare_detector(config, train_set, cache)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "init.json").write_text(json.dumps(init, indent=2))
+    result = fit(DetectionObjective(model, config), model, config, train_set, val_set, args.out, resume=args.resume)
+    print(format_ap_table({args.out.name: result}))
+
+
+def cmd_eval(args) -> None:
+    from detrdistill.config import RunConfig
+    from detrdistill.data.coco import CocoDetection
+    from detrdistill.data.transforms import build_transforms
+    from detrdistill.evaluate import format_ap_table
+    from detrdistill.inference import evaluate_model
+    from detrdistill.models.build import load_detector
+
+    path = args.run_or_model
+    run_config = path / "config.yaml"
+    model_dir = path / "model" if (path / "model" / "config.json").is_file() else path
+    config = load_config(run_config) if run_config.is_file() else RunConfig()
+    image_size = args.image_size or config.data.image_size
+    dataset = CocoDetection(args.data, args.split, transforms=build_transforms(False, image_size))
+    metrics = evaluate_model(load_detector(model_dir), dataset, args.batch_size)
+    out = args.out or (path / f"eval_{args.split}.json")
+    out.write_text(json.dumps({**metrics, "split": args.split, "data": str(args.data)}, indent=2))
+    print(format_ap_table({path.name: metrics}))
+    print(f"wrote {out}")
+
+
+def cmd_show_config(args) -> None:
+    config = load_config(args.config)
+    out = Path("/dev/stdout") if args.out is None else args.out
+    save_config(config, out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="detrdistill", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("make-shapes", help="generate the embedded synthetic shapes dataset (COCO layout)")
+    p.add_argument("out", type=Path)
+    p.add_argument("--train", type=int, default=4000, help="training images")
+    p.add_argument("--val", type=int, default=1000, help="validation images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=128)
+    p.set_defaults(func=cmd_make_shapes)
+
+    p = sub.add_parser("pretrain-backbone", help="pretrain (or fetch from cache) a config's ResNet backbone")
+    p.add_argument("--config", required=True, help="YAML file or preset name")
+    _add_data(p)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--backbone-cache", type=Path, help="cache directory (default: DATA/backbones)")
+    p.set_defaults(func=cmd_pretrain_backbone)
+
+    p = sub.add_parser("train", help="train a detector from a config")
+    p.add_argument("--config", required=True, help="YAML file or preset name")
+    _add_data(p)
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    _add_budget(p)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--backbone-cache", type=Path, help="cache directory (default: DATA/backbones)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="COCO AP of a run or model directory")
+    p.add_argument("run_or_model", type=Path)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--split", default="val")
+    p.add_argument("--image-size", type=int, help="default: the run's config, else 128")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", type=Path, help="JSON to write (default: RUN/eval_SPLIT.json)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("show-config", help="print a preset or YAML with every default filled in")
+    p.add_argument("config")
+    p.add_argument("--out", type=Path)
+    p.set_defaults(func=cmd_show_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (DatasetError, ConfigError, FileExistsError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Run configuration: one dataclass per concern, loaded from YAML.
+
+A run's YAML has the sections ``model``, ``backbone_pretraining``, ``data``, ``loss`` and
+``train``; missing fields take the defaults below. Presets live in ``detrdistill/configs/``
+and can be named without a path (``--config conditional_teacher``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class BackboneConfig:
+    """A transformers ResNet backbone (``ResNetConfig``)."""
+
+    layer_type: str = "basic"
+    embedding_size: int = 32
+    hidden_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    depths: list[int] = field(default_factory=lambda: [1, 1, 1, 1])
+    # Which ResNet stages feed the detector: the last entry sets the single-scale stride
+    # (stage3 = stride 16, stage4 = stride 32); multi-scale families use all of them.
+    out_features: list[str] = field(default_factory=lambda: ["stage3"])
+    # "all_but_stem" trains every stage but the stem (DETR freezes the stem and stage 1 of
+    # an ImageNet ResNet; ours is pretrained on far less data, so it is allowed to move).
+    trainable: str = "all_but_stem"
+
+
+@dataclass
+class ModelConfig:
+    """Detector architecture. ``family`` picks the transformers class and adapter."""
+
+    family: str = "conditional_detr"
+    d_model: int = 128
+    encoder_layers: int = 3
+    decoder_layers: int = 3
+    encoder_attention_heads: int = 8
+    decoder_attention_heads: int = 8
+    encoder_ffn_dim: int = 512
+    decoder_ffn_dim: int = 512
+    num_queries: int = 30
+    dropout: float = 0.0
+    # Deformable DETR only.
+    num_feature_levels: int = 3
+    with_box_refine: bool = True
+    encoder_n_points: int = 4
+    decoder_n_points: int = 4
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    # Start from a from_pretrained-compatible directory instead of building from the above.
+    pretrained: str | None = None
+
+
+@dataclass
+class BackbonePretrainingConfig:
+    """Classification pretraining of the ResNet on object crops (the ImageNet analog)."""
+
+    enabled: bool = True
+    steps: int = 600
+    batch_size: int = 64
+    crop_size: int = 48
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+
+
+@dataclass
+class DataConfig:
+    image_size: int = 128
+    batch_size: int = 8
+    eval_batch_size: int = 32
+    num_workers: int = 0
+    train_split: str = "train"
+    val_split: str = "val"
+    # What to do with boxes that extend outside their image: "clip" or "reject".
+    invalid_boxes: str = "clip"
+
+
+@dataclass
+class LossConfig:
+    """Hungarian matching costs and detection loss weights (per decoder stage)."""
+
+    class_cost: float = 2.0
+    bbox_cost: float = 5.0
+    giou_cost: float = 2.0
+    class_weight: float = 2.0
+    bbox_weight: float = 5.0
+    giou_weight: float = 2.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    # Softmax heads (DETR): weight of the no-object class in the cross-entropy.
+    eos_coef: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    # Wall-clock budget in minutes; when set, training stops at whichever comes first.
+    minutes: float | None = None
+    lr: float = 5e-4
+    lr_backbone: float = 5e-5
+    weight_decay: float = 1e-4
+    clip_grad_norm: float = 0.1
+    warmup_steps: int = 100
+    # Step decay: multiply the LR by lr_drop_factor once this fraction of the budget is spent.
+    lr_drop_at: float = 0.8
+    lr_drop_factor: float = 0.1
+    log_every: int = 20
+    checkpoint_every: int = 250
+    # Evaluate on the val split every this many steps (0: only at the end).
+    eval_every: int = 0
+    # Cap on val images for intermediate evaluations (the final one uses the whole split).
+    eval_max_images: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    backbone_pretraining: BackbonePretrainingConfig = field(default_factory=BackbonePretrainingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be read or has unknown fields."""
+
+
+def _from_dict(cls, values: dict[str, Any], where: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown field(s) {unknown}; known fields are {sorted(known)}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        default = getattr(cls(), name)
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _from_dict(type(default), value, f"{where}.{name}")
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A YAML path, or the name of a preset in ``detrdistill/configs`` (with or without .yaml)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = PRESET_DIR / (path.name if path.suffix else f"{path.name}.yaml")
+    if preset.is_file():
+        return preset
+    presets = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    raise ConfigError(f"config {name_or_path!s} is neither a file nor a preset; presets: {presets}")
+
+
+def load_config(name_or_path: str | Path) -> RunConfig:
+    path = resolve_config_path(name_or_path)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from error
+    return _from_dict(RunConfig, values, str(path))
+
+
+def config_to_dict(config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(values: dict[str, Any]) -> RunConfig:
+    return _from_dict(RunConfig, values, "config")
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))

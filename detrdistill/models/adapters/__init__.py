@@ -1,0 +1,23 @@
+"""One adapter per DETR family, all returning the same ``DetrRecord``."""
+
+from detrdistill.models.adapters.base import DetrAdapter
+from detrdistill.models.adapters.conditional_detr import ConditionalDetrAdapter
+from detrdistill.models.adapters.deformable_detr import DeformableDetrAdapter
+from detrdistill.models.adapters.detr import DetrFamilyAdapter
+
+ADAPTERS = {
+    "detr": DetrFamilyAdapter,
+    "conditional_detr": ConditionalDetrAdapter,
+    "deformable_detr": DeformableDetrAdapter,
+}
+
+
+def adapter_for(model) -> DetrAdapter:
+    """The adapter for a transformers detector, chosen by ``model.config.model_type``."""
+    model_type = model.config.model_type
+    if model_type not in ADAPTERS:
+        raise ValueError(f"no adapter for model_type {model_type!r}; supported: {sorted(ADAPTERS)}")
+    return ADAPTERS[model_type](model)
+
+
+__all__ = ["ADAPTERS", "DetrAdapter", "adapter_for"]

@@ -1,0 +1,105 @@
+"""What every family adapter provides, and the hook plumbing they share.
+
+An adapter wraps a transformers ``...ForObjectDetection`` model (it owns no parameters of
+its own) and turns one forward pass into a ``DetrRecord``. It also re-runs the decoder on
+the encoder output of that pass with another set of queries (``decode``), by replaying the
+decoder's captured keyword arguments with the query arguments replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import nn
+
+from detrdistill.models.record import DecodedQueries, DetrRecord
+
+
+@contextlib.contextmanager
+def capture_call_kwargs(module: nn.Module, into: dict[str, Any]):
+    """Record the keyword arguments of ``module``'s next call into ``into``."""
+
+    def hook(_module, _args, kwargs):
+        into.update(kwargs)
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield into
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def capture_outputs(modules: list[nn.Module], into: list[torch.Tensor]):
+    """Append each module's output tensor (first element if a tuple) to ``into``."""
+
+    def hook(_module, _args, output):
+        into.append(output[0] if isinstance(output, tuple) else output)
+
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        yield into
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def split_levels(flat: torch.Tensor, level_shapes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """[B, sum(H_l * W_l), D] -> per level [B, D, H_l, W_l]."""
+    sizes = [h * w for h, w in level_shapes]
+    return [
+        chunk.transpose(1, 2).reshape(flat.shape[0], flat.shape[2], h, w)
+        for chunk, (h, w) in zip(flat.split(sizes, dim=1), level_shapes)
+    ]
+
+
+def split_mask_levels(flat_mask: torch.Tensor, level_shapes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """[B, sum(H_l * W_l)] -> per level [B, H_l, W_l] bool (True = real pixel)."""
+    sizes = [h * w for h, w in level_shapes]
+    return [
+        chunk.reshape(flat_mask.shape[0], h, w).bool()
+        for chunk, (h, w) in zip(flat_mask.split(sizes, dim=1), level_shapes)
+    ]
+
+
+class DetrAdapter:
+    """Uniform access to one transformers DETR-family detector.
+
+    Subclasses set ``class_head`` and implement ``__call__``, ``decode`` and
+    ``learned_queries``.
+    """
+
+    class_head: str = "sigmoid"
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.config.num_labels
+
+    @property
+    def d_model(self) -> int:
+        return self.model.config.d_model
+
+    def learned_queries(self) -> torch.Tensor:
+        """[Q, D_q] the learned object query embeddings."""
+        raise NotImplementedError
+
+    def __call__(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> DetrRecord:
+        """Forward pass. pixel_values [B, 3, H, W]; pixel_mask [B, H, W] (1 = real pixel)."""
+        raise NotImplementedError
+
+    def decode(self, record: DetrRecord, queries: torch.Tensor) -> DecodedQueries:
+        """Run this model's decoder on ``record``'s encoder output with ``queries`` [Q', D_q].
+
+        The queries form their own group: they attend to each other and to the encoder
+        output, never to the model's own queries (it is a separate decoder pass).
+        """
+        raise NotImplementedError

@@ -1,0 +1,86 @@
+"""Adapter for transformers' ``DeformableDetrForObjectDetection`` (single-stage variant).
+
+Multi-scale: the encoder output is one flattened sequence over all levels; the record
+splits it back into per-level maps using the level shapes the decoder receives. Learned
+queries are [Q, 2D]: position half, then content half; reference points come from the
+model's own linear layer applied to the position half.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.models.deformable_detr.modeling_deformable_detr import inverse_sigmoid
+
+from detrdistill.models.adapters.base import DetrAdapter, capture_call_kwargs, split_levels, split_mask_levels
+from detrdistill.models.record import DecodedQueries, DetrRecord
+
+
+class DeformableDetrAdapter(DetrAdapter):
+    class_head = "sigmoid"
+
+    def __init__(self, model):
+        if model.config.two_stage:
+            raise ValueError("two-stage Deformable DETR has no learned queries; use two_stage=False")
+        super().__init__(model)
+
+    def learned_queries(self) -> torch.Tensor:
+        return self.model.model.query_position_embeddings.weight
+
+    def _heads(
+        self, hidden: torch.Tensor, init_reference: torch.Tensor, inter_references: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden [B, K, Q, D], init_reference [B, Q, 2], inter_references [B, K, Q, 2 or 4]
+        -> logits [K, B, Q, C], boxes [K, B, Q, 4]; the same arithmetic as the model's forward."""
+        logits, boxes = [], []
+        for stage in range(hidden.shape[1]):
+            reference = inverse_sigmoid(init_reference if stage == 0 else inter_references[:, stage - 1])
+            delta = self.model.bbox_embed[stage](hidden[:, stage])
+            if reference.shape[-1] == 4:
+                delta = delta + reference
+            else:
+                shift = torch.zeros_like(delta)
+                shift[..., :2] = reference
+                delta = delta + shift
+            logits.append(self.model.class_embed[stage](hidden[:, stage]))
+            boxes.append(delta.sigmoid())
+        return torch.stack(logits), torch.stack(boxes)
+
+    def __call__(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> DetrRecord:
+        inner = self.model.model
+        encoder_kwargs, decoder_kwargs = {}, {}
+        with capture_call_kwargs(inner.encoder, encoder_kwargs), capture_call_kwargs(inner.decoder, decoder_kwargs):
+            output = inner(pixel_values=pixel_values, pixel_mask=pixel_mask)
+        level_shapes = [tuple(s) for s in decoder_kwargs["spatial_shapes_list"]]
+        logits, boxes = self._heads(
+            output.intermediate_hidden_states, output.init_reference_points, output.intermediate_reference_points
+        )
+        return DetrRecord(
+            logits=logits,
+            boxes_cxcywh=boxes,
+            decoder_hidden=output.intermediate_hidden_states.transpose(0, 1),
+            features=split_levels(output.encoder_last_hidden_state, level_shapes),
+            feature_masks=split_mask_levels(encoder_kwargs["attention_mask"], level_shapes),
+            encoder_inputs=split_levels(encoder_kwargs["inputs_embeds"], level_shapes),
+            query_embeddings=self.learned_queries(),
+            class_head=self.class_head,
+            decoder_inputs=decoder_kwargs,
+        )
+
+    def decode(self, record: DetrRecord, queries: torch.Tensor) -> DecodedQueries:
+        batch = record.logits.shape[1]
+        position, content = torch.split(queries, self.d_model, dim=1)
+        position = position.unsqueeze(0).expand(batch, -1, -1)
+        reference = self.model.model.reference_points(position).sigmoid()
+        kwargs = dict(record.decoder_inputs)
+        kwargs.update(
+            inputs_embeds=content.unsqueeze(0).expand(batch, -1, -1),
+            object_queries_position_embeddings=position,
+            reference_points=reference,
+        )
+        output = self.model.model.decoder(**kwargs)
+        logits, boxes = self._heads(
+            output.intermediate_hidden_states, reference, output.intermediate_reference_points
+        )
+        return DecodedQueries(
+            logits=logits, boxes_cxcywh=boxes, decoder_hidden=output.intermediate_hidden_states.transpose(0, 1)
+        )

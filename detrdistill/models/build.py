@@ -1,0 +1,123 @@
+"""Build a transformers DETR-family detector from a ``ModelConfig``, or load a saved one.
+
+Everything is built offline from configs: no hub download, no timm, no torchvision.
+Trained models are plain transformers directories (``save_pretrained``), so
+``AutoModelForObjectDetection.from_pretrained(dir)`` reloads them anywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForObjectDetection,
+    ConditionalDetrConfig,
+    ConditionalDetrForObjectDetection,
+    DeformableDetrConfig,
+    DeformableDetrForObjectDetection,
+    DetrConfig,
+    DetrForObjectDetection,
+    PreTrainedModel,
+    ResNetConfig,
+)
+
+from detrdistill.config import BackboneConfig, ModelConfig
+
+FAMILIES = {
+    "detr": (DetrConfig, DetrForObjectDetection),
+    "conditional_detr": (ConditionalDetrConfig, ConditionalDetrForObjectDetection),
+    "deformable_detr": (DeformableDetrConfig, DeformableDetrForObjectDetection),
+}
+
+
+def resnet_config(backbone: BackboneConfig) -> ResNetConfig:
+    return ResNetConfig(
+        embedding_size=backbone.embedding_size,
+        hidden_sizes=list(backbone.hidden_sizes),
+        depths=list(backbone.depths),
+        layer_type=backbone.layer_type,
+        out_features=list(backbone.out_features),
+    )
+
+
+def detector_config(model: ModelConfig, id2label: dict[int, str]):
+    if model.family not in FAMILIES:
+        raise ValueError(f"model.family {model.family!r} is not one of {sorted(FAMILIES)}")
+    config_class, _ = FAMILIES[model.family]
+    kwargs = dict(
+        backbone_config=resnet_config(model.backbone),
+        d_model=model.d_model,
+        encoder_layers=model.encoder_layers,
+        decoder_layers=model.decoder_layers,
+        encoder_attention_heads=model.encoder_attention_heads,
+        decoder_attention_heads=model.decoder_attention_heads,
+        encoder_ffn_dim=model.encoder_ffn_dim,
+        decoder_ffn_dim=model.decoder_ffn_dim,
+        num_queries=model.num_queries,
+        dropout=model.dropout,
+        # Per-stage outputs are what distillation works on; with this flag transformers'
+        # own training path also supervises every stage, as the papers do.
+        auxiliary_loss=True,
+        id2label={int(k): v for k, v in id2label.items()},
+        label2id={v: int(k) for k, v in id2label.items()},
+    )
+    if model.family == "deformable_detr":
+        kwargs.update(
+            num_feature_levels=model.num_feature_levels,
+            with_box_refine=model.with_box_refine,
+            encoder_n_points=model.encoder_n_points,
+            decoder_n_points=model.decoder_n_points,
+            two_stage=False,
+        )
+    return config_class(**kwargs)
+
+
+def build_detector(model: ModelConfig, id2label: dict[int, str]) -> PreTrainedModel:
+    """A freshly initialised detector (random backbone unless weights are loaded after)."""
+    _, model_class = FAMILIES[model.family]
+    detector = model_class(detector_config(model, id2label))
+    set_backbone_trainable(detector, model.backbone.trainable)
+    return detector
+
+
+def backbone_module(detector: PreTrainedModel) -> torch.nn.Module:
+    """The transformers ``ResNetBackbone`` inside a detector (with frozen BatchNorm)."""
+    return detector.model.backbone.model
+
+
+def set_backbone_trainable(detector: PreTrainedModel, trainable: str) -> None:
+    """Choose which backbone parameters train.
+
+    transformers' own rule matches timm parameter names and so freezes the whole of a
+    transformers ResNet; we set it explicitly instead.
+    """
+    choices = ("all", "all_but_stem", "none")
+    if trainable not in choices:
+        raise ValueError(f"model.backbone.trainable {trainable!r} is not one of {choices}")
+    for name, parameter in backbone_module(detector).named_parameters():
+        is_stem = name.startswith("embedder.")
+        parameter.requires_grad_(trainable == "all" or (trainable == "all_but_stem" and not is_stem))
+
+
+def load_backbone_weights(detector: PreTrainedModel, state_dict: dict[str, torch.Tensor]) -> None:
+    """Copy a pretrained ResNetBackbone's weights into the detector's backbone."""
+    state = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+    missing, unexpected = backbone_module(detector).load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise ValueError(
+            "pretrained backbone does not fit the detector's backbone config: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+
+
+def load_detector(model_dir: str | Path) -> PreTrainedModel:
+    """Load any ``from_pretrained``-compatible detector directory (ours or a hub download)."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{model_dir} has no config.json: pass a directory written by save_pretrained "
+            "(a run's model/ folder or a downloaded checkpoint)"
+        )
+    return AutoModelForObjectDetection.from_pretrained(model_dir)

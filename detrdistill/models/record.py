@@ -1,0 +1,64 @@
+"""The one uniform view of a DETR forward pass that every loss and analysis reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class DetrRecord:
+    """Outputs of one forward pass of a DETR-family detector, family-independent.
+
+    K = decoder stages, B = batch, Q = queries, C = class columns, D = model width.
+
+    Attributes:
+        logits: [K, B, Q, C] class logits per stage. C = num_labels for sigmoid heads
+            (Conditional/Deformable DETR); num_labels + 1 for softmax heads (DETR), whose
+            last column is "no object".
+        boxes_cxcywh: [K, B, Q, 4] boxes per stage, normalised to the padded input canvas.
+        decoder_hidden: [K, B, Q, D] decoder output embeddings per stage (what the heads read).
+        features: encoder output per feature level, each [B, D, H_l, W_l].
+        feature_masks: per level [B, H_l, W_l], True where the pixel is real (not padding).
+        encoder_inputs: per level [B, D, H_l, W_l], the projected backbone maps that enter
+            the encoder (the release's choice for feature distillation).
+        query_embeddings: [Q, D_q] the learned object queries (D_q = 2D for Deformable DETR:
+            position half then content half).
+        class_head: "sigmoid" or "softmax".
+        decoder_inputs: the decoder call's keyword arguments, kept to run the decoder again
+            on the same encoder output with other queries (see the adapter's ``decode``).
+    """
+
+    logits: torch.Tensor
+    boxes_cxcywh: torch.Tensor
+    decoder_hidden: torch.Tensor
+    features: list[torch.Tensor]
+    feature_masks: list[torch.Tensor]
+    encoder_inputs: list[torch.Tensor]
+    query_embeddings: torch.Tensor
+    class_head: str
+    decoder_inputs: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def num_stages(self) -> int:
+        return self.logits.shape[0]
+
+    @property
+    def level_shapes(self) -> list[tuple[int, int]]:
+        """(H_l, W_l) of each feature level."""
+        return [tuple(f.shape[-2:]) for f in self.features]
+
+
+@dataclass
+class DecodedQueries:
+    """Decoder outputs for an extra set of queries run on a record's encoder output.
+
+    Attributes:
+        logits: [K, B, Q', C]; boxes_cxcywh: [K, B, Q', 4]; decoder_hidden: [K, B, Q', D].
+    """
+
+    logits: torch.Tensor
+    boxes_cxcywh: torch.Tensor
+    decoder_hidden: torch.Tensor

@@ -1,0 +1,1 @@
+"""Training: one readable loop plus its optimiser, schedule, sampler and checkpoints."""

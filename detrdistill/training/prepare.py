@@ -1,0 +1,52 @@
+"""Everything a run needs before its first step: datasets and an initialised detector."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from detrdistill.config import DataConfig, RunConfig
+from detrdistill.data.coco import CocoDetection
+from detrdistill.data.transforms import build_transforms
+from detrdistill.models.backbone_pretraining import cached_backbone
+from detrdistill.models.build import build_detector, load_backbone_weights, load_detector
+
+
+def load_datasets(data_dir: Path, data: DataConfig) -> tuple[CocoDetection, CocoDetection]:
+    """(augmented train split, deterministic val split)."""
+    train_set = CocoDetection(
+        data_dir, data.train_split, transforms=build_transforms(True, data.image_size), invalid_boxes=data.invalid_boxes
+    )
+    val_set = CocoDetection(
+        data_dir, data.val_split, transforms=build_transforms(False, data.image_size), invalid_boxes=data.invalid_boxes
+    )
+    return train_set, val_set
+
+
+def default_backbone_cache(data_dir: Path) -> Path:
+    return Path(data_dir) / "backbones"
+
+
+def prepare_detector(
+    config: RunConfig, train_set: CocoDetection, backbone_cache: Path, progress: bool = True
+) -> tuple[object, dict]:
+    """A detector ready to train and a dict describing where its weights came from.
+
+    ``model.pretrained`` set: load that directory. Otherwise build from the config and, when
+    backbone pretraining is enabled, start the backbone from the cached crop-classifier
+    (pretraining it first if the cache has no entry).
+    """
+    if config.model.pretrained:
+        return load_detector(config.model.pretrained), {"init": f"from_pretrained {config.model.pretrained}"}
+    model = build_detector(config.model, train_set.id2label)
+    if not config.backbone_pretraining.enabled:
+        return model, {"init": "random"}
+    # Pretraining reads raw images and boxes, so it gets the split without detection transforms.
+    raw_train = CocoDetection(train_set.root, train_set.split, transforms=None, invalid_boxes="clip")
+    start = time.perf_counter()
+    state_dict, stats, path = cached_backbone(
+        raw_train, config.model.backbone, config.backbone_pretraining, backbone_cache, config.train.seed, progress
+    )
+    load_backbone_weights(model, state_dict)
+    return model, {"init": "pretrained backbone", "backbone_cache": str(path), "load_or_pretrain_s":
+                   round(time.perf_counter() - start, 1), **stats}
