@@ -54,6 +54,16 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return _generalized_iou(boxes1[:, None, :], boxes2[None, :, :])
 
 
+def batched_generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Pairwise generalised IoU within each batch element: ``[B, N, 4]``, ``[B, M, 4]`` -> ``[B, N, M]``.
+
+    One call for a whole batch of per-image matchings (e.g. teacher vs student boxes).
+    """
+    _check_not_degenerate(boxes1, "boxes1")
+    _check_not_degenerate(boxes2, "boxes2")
+    return _generalized_iou(boxes1[:, :, None, :], boxes2[:, None, :, :])
+
+
 def elementwise_generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Generalised IoU of already-paired xyxy boxes: ``[N, 4]``, ``[N, 4]`` -> ``[N]``.
 

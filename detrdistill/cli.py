@@ -1,4 +1,4 @@
-"""``detrdistill`` command line: make-shapes, pretrain-backbone, train, eval."""
+"""``detrdistill`` command line: make-shapes, pretrain-backbone, train, distill, eval, demo, show-config."""
 
 from __future__ import annotations
 
@@ -75,6 +75,34 @@ def cmd_train(args) -> None:
     print(format_ap_table({args.out.name: result}))
 
 
+def cmd_distill(args) -> None:
+    from detrdistill.distiller import DETRDistillObjective
+    from detrdistill.evaluate import format_ap_table
+    from detrdistill.models.build import load_detector, resolve_model_dir
+    from detrdistill.training.loop import fit, seed_everything
+    from detrdistill.training.prepare import default_backbone_cache, load_datasets, prepare_detector
+
+    config = _config_with_overrides(args)
+    config.distill.teacher = str(resolve_model_dir(args.teacher))
+    seed_everything(config.train.seed)
+    train_set, val_set = load_datasets(args.data, config.data)
+    teacher = load_detector(args.teacher)
+    teacher_labels = {int(k): v for k, v in teacher.config.id2label.items()}
+    if teacher_labels != train_set.id2label:
+        raise DatasetError(
+            f"the teacher in {args.teacher} was trained on classes {teacher_labels}, but "
+            f"{train_set.annotation_file} has {train_set.id2label}: use a teacher trained on this label set"
+        )
+    cache = args.backbone_cache or default_backbone_cache(args.data)
+    student, init = prepare_detector(config, train_set, cache)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "init.json").write_text(json.dumps({**init, "teacher": config.distill.teacher}, indent=2))
+    objective = DETRDistillObjective(student, teacher, config)
+    result = fit(objective, student, config, train_set, val_set, args.out, resume=args.resume,
+                 extra_trainable=[objective.heads])
+    print(format_ap_table({args.out.name: result}))
+
+
 def cmd_eval(args) -> None:
     from detrdistill.config import RunConfig
     from detrdistill.data.coco import CocoDetection
@@ -85,15 +113,20 @@ def cmd_eval(args) -> None:
 
     path = args.run_or_model
     run_config = path / "config.yaml"
-    model_dir = path / "model" if (path / "model" / "config.json").is_file() else path
     config = load_config(run_config) if run_config.is_file() else RunConfig()
     image_size = args.image_size or config.data.image_size
     dataset = CocoDetection(args.data, args.split, transforms=build_transforms(False, image_size))
-    metrics = evaluate_model(load_detector(model_dir), dataset, args.batch_size)
+    metrics = evaluate_model(load_detector(path), dataset, args.batch_size)
     out = args.out or (path / f"eval_{args.split}.json")
     out.write_text(json.dumps({**metrics, "split": args.split, "data": str(args.data)}, indent=2))
     print(format_ap_table({path.name: metrics}))
     print(f"wrote {out}")
+
+
+def cmd_demo(args) -> None:
+    from detrdistill.demo import run_demo
+
+    run_demo(args.data, args.out)
 
 
 def cmd_show_config(args) -> None:
@@ -131,6 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone-cache", type=Path, help="cache directory (default: DATA/backbones)")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("distill", help="train a student with DETRDistill from a trained teacher")
+    p.add_argument("--teacher", type=Path, required=True, help="teacher run directory or from_pretrained directory")
+    p.add_argument("--config", required=True, help="student YAML file or preset name (its distill: section applies)")
+    _add_data(p)
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    _add_budget(p)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--backbone-cache", type=Path, help="cache directory (default: DATA/backbones)")
+    p.set_defaults(func=cmd_distill)
+
     p = sub.add_parser("eval", help="COCO AP of a run or model directory")
     p.add_argument("run_or_model", type=Path)
     p.add_argument("--data", type=Path, required=True)
@@ -139,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", type=Path, help="JSON to write (default: RUN/eval_SPLIT.json)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="data -> teacher -> AP table (what `make demo` runs)")
+    p.add_argument("--data", type=Path, default=Path("data/shapes"))
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("show-config", help="print a preset or YAML with every default filled in")
     p.add_argument("config")

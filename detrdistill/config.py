@@ -120,12 +120,66 @@ class TrainConfig:
 
 
 @dataclass
+class LogitsDistillConfig:
+    """Hungarian-matching logits distillation (LD, paper eq. 2-4; Tables 6 and 7)."""
+
+    enabled: bool = True
+    pos_cls: bool = True  # class KD on pairs whose teacher query is a positive
+    pos_reg: bool = True  # box KD on positive pairs
+    neg_reg: bool = True  # box KD on negative pairs (paper footnote 1: no class term there)
+    progressive: bool = True  # student stage k <- teacher stage ceil(k K_T / K_S); else the last
+    all_pairs: bool = False  # the public release: class + box on every pair, no pos/neg split
+    # Teacher-student matching cost (the release's: class BCE summed over classes, L1, GIoU).
+    class_cost: float = 1.0
+    bbox_cost: float = 5.0
+    giou_cost: float = 2.0
+    class_weight: float = 1.0
+    bbox_weight: float = 5.0
+    giou_weight: float = 2.0
+
+
+@dataclass
+class FeatureDistillConfig:
+    """Target-aware feature distillation (FD, paper eq. 5-8; Table 2)."""
+
+    enabled: bool = True
+    # "quality": per-query masks weighted by the quality score (eq. 8, the paper);
+    # "vanilla": the mean of all query masks, unweighted (eq. 6);
+    # "release": cosine-similarity masks weighted by score * max-IoU, clamped and max-normalised.
+    mask: str = "quality"
+    gamma: float = 0.5  # quality q = c^gamma * IoU^(1 - gamma)
+    # "encoder_output" (paper footnote 2) or "encoder_input" (the release's neck maps).
+    features: str = "encoder_output"
+
+
+@dataclass
+class AssignmentDistillConfig:
+    """Query-prior assignment distillation (AD, paper eq. 9)."""
+
+    enabled: bool = True
+
+
+@dataclass
+class DistillConfig:
+    """DETRDistill: L = L_det + lambda_ld L_LD + lambda_fd L_FD + lambda_ad L_AD."""
+
+    teacher: str | None = None  # a from_pretrained directory or a run directory
+    lambda_ld: float = 1.0
+    lambda_fd: float = 20.0
+    lambda_ad: float = 1.0
+    logits: LogitsDistillConfig = field(default_factory=LogitsDistillConfig)
+    features: FeatureDistillConfig = field(default_factory=FeatureDistillConfig)
+    assignment: AssignmentDistillConfig = field(default_factory=AssignmentDistillConfig)
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     backbone_pretraining: BackbonePretrainingConfig = field(default_factory=BackbonePretrainingConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 class ConfigError(ValueError):

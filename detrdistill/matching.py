@@ -14,17 +14,26 @@ from detrdistill.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 MatchIndices = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-def solve_assignments(cost: torch.Tensor, sizes: list[int]) -> MatchIndices:
-    """cost [B, Q, sum(sizes)] -> per image (row indices, column indices), both int64 [min(Q, n_i)].
+def solve_each(costs: list[torch.Tensor]) -> MatchIndices:
+    """Optimal assignment of each [R_i, C_i] cost matrix -> (row indices, column indices),
+    both int64 [min(R_i, C_i)], rows ascending.
 
-    Non-finite costs become the largest finite value so the solver never fails on them.
+    Non-finite costs become a huge finite value so the solver never fails on them.
     """
-    cost = torch.nan_to_num(cost.float(), nan=1e8, posinf=1e8, neginf=-1e8).cpu()
     indices = []
-    for image, block in enumerate(cost.split(sizes, dim=-1)):
-        rows, cols = linear_sum_assignment(block[image].numpy())
+    for cost in costs:
+        cost = torch.nan_to_num(cost.detach().float(), nan=1e8, posinf=1e8, neginf=-1e8).cpu()
+        rows, cols = linear_sum_assignment(cost.numpy())
         indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
     return indices
+
+
+def solve_assignments(cost: torch.Tensor, sizes: list[int]) -> MatchIndices:
+    """cost [B, Q, sum(sizes)] (every query against every target of the batch) -> per image
+    (query indices, target indices) from that image's [Q, n_i] block."""
+    # One device-to-host copy for the whole batch rather than one per image.
+    cost = cost.detach().float().cpu()
+    return solve_each([block[image] for image, block in enumerate(cost.split(sizes, dim=-1))])
 
 
 def classification_cost(

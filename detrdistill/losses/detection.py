@@ -54,7 +54,8 @@ class DetectionLoss:
         """logits [B, Q, C]; unmatched queries are trained towards no object."""
         batch_idx, query_idx = matched_pairs(indices)
         target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
-        target_classes[batch_idx, query_idx] = torch.cat([t["class_labels"][j] for t, (_, j) in zip(targets, indices)])
+        matched_labels = [t["class_labels"][j] for t, (_, j) in zip(targets, indices, strict=True)]
+        target_classes[batch_idx, query_idx] = torch.cat(matched_labels)
         if self.class_head == "softmax":
             weight = torch.ones(self.num_classes + 1, device=logits.device)
             weight[-1] = self.config.eos_coef
@@ -69,7 +70,7 @@ class DetectionLoss:
         """boxes_cxcywh [B, Q, 4] -> (L1, 1 - GIoU), each summed over matches / num_boxes."""
         batch_idx, query_idx = matched_pairs(indices)
         predicted = boxes_cxcywh[batch_idx, query_idx]
-        target = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)])
+        target = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices, strict=True)])
         l1 = F.l1_loss(predicted, target, reduction="sum") / num_boxes
         giou = elementwise_generalized_box_iou(box_cxcywh_to_xyxy(predicted), box_cxcywh_to_xyxy(target))
         return l1, (1 - giou).sum() / num_boxes

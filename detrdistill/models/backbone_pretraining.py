@@ -70,7 +70,7 @@ def extract_crops(dataset: CocoDetection, crop_size: int, seed: int) -> tuple[np
     for index in tqdm(range(len(dataset)), desc="extracting crops", leave=False):
         image, target = dataset[index]
         boxes = target["boxes_xyxy_abs"].numpy()
-        for box, label in zip(boxes, target["class_labels"].tolist()):
+        for box, label in zip(boxes, target["class_labels"].tolist(), strict=True):
             side = max(box[2] - box[0], box[3] - box[1]) * rng.uniform(*CONTEXT_RANGE)
             jitter = rng.uniform(-0.1, 0.1, size=2) * side
             cx, cy = (box[0] + box[2]) / 2 + jitter[0], (box[1] + box[3]) / 2 + jitter[1]

@@ -22,7 +22,7 @@ from transformers import (
     ResNetConfig,
 )
 
-from detrdistill.config import BackboneConfig, ModelConfig
+from detrdistill.config import BackboneConfig, ConfigError, ModelConfig
 
 FAMILIES = {
     "detr": (DetrConfig, DetrForObjectDetection),
@@ -43,7 +43,7 @@ def resnet_config(backbone: BackboneConfig) -> ResNetConfig:
 
 def detector_config(model: ModelConfig, id2label: dict[int, str]):
     if model.family not in FAMILIES:
-        raise ValueError(f"model.family {model.family!r} is not one of {sorted(FAMILIES)}")
+        raise ConfigError(f"model.family {model.family!r} is not one of {sorted(FAMILIES)}")
     config_class, _ = FAMILIES[model.family]
     kwargs = dict(
         backbone_config=resnet_config(model.backbone),
@@ -94,7 +94,7 @@ def set_backbone_trainable(detector: PreTrainedModel, trainable: str) -> None:
     """
     choices = ("all", "all_but_stem", "none")
     if trainable not in choices:
-        raise ValueError(f"model.backbone.trainable {trainable!r} is not one of {choices}")
+        raise ConfigError(f"model.backbone.trainable {trainable!r} is not one of {choices}")
     for name, parameter in backbone_module(detector).named_parameters():
         is_stem = name.startswith("embedder.")
         parameter.requires_grad_(trainable == "all" or (trainable == "all_but_stem" and not is_stem))
@@ -106,15 +106,22 @@ def load_backbone_weights(detector: PreTrainedModel, state_dict: dict[str, torch
     missing, unexpected = backbone_module(detector).load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
-        raise ValueError(
+        raise ConfigError(
             "pretrained backbone does not fit the detector's backbone config: "
             f"missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
 
 
+def resolve_model_dir(run_or_model_dir: str | Path) -> Path:
+    """A run directory's ``model/`` folder, or the directory itself when it is a model."""
+    path = Path(run_or_model_dir)
+    return path / "model" if (path / "model" / "config.json").is_file() else path
+
+
 def load_detector(model_dir: str | Path) -> PreTrainedModel:
-    """Load any ``from_pretrained``-compatible detector directory (ours or a hub download)."""
-    model_dir = Path(model_dir)
+    """Load any ``from_pretrained``-compatible detector directory (ours or a hub download),
+    or the model of a run directory."""
+    model_dir = resolve_model_dir(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(
             f"{model_dir} has no config.json: pass a directory written by save_pretrained "

@@ -129,9 +129,12 @@ def fit(
         dynamic_ncols=True,
     )
     model.train()
-    for batch in loader:
-        if progress_fraction() >= 1.0:
-            break
+    batches = iter(loader)  # endless: the sampler never runs out
+    # Check the budget before drawing a batch: drawing runs the batch's random augmentation,
+    # and the final checkpoint must hold the RNG state from before it, or a resumed run would
+    # augment its first batch differently from an uninterrupted run.
+    while progress_fraction() < 1.0:
+        batch = next(batches)
         started = time.perf_counter()
         set_lr(optimizer, lr_factor(step, progress_fraction(), train))
         terms = objective(batch)
@@ -154,7 +157,10 @@ def fit(
             record = {"step": step, "loss": loss.item(), **_floats(terms), "lr": optimizer.param_groups[0]["lr"],
                       "step_ms": round(step_s * 1000, 1), "elapsed_s": round(elapsed_s, 1)}
             _append_jsonl(metrics_path, record)
-            bar.set_postfix({"loss": f"{loss.item():.3f}", **{k: f"{v:.2f}" for k, v in _floats(terms).items()}})
+            postfix = {"loss": f"{loss.item():.3f}", **{k: f"{v:.2f}" for k, v in _floats(terms).items()}}
+            if budget_s < math.inf:
+                postfix["left"] = f"{max(budget_s - elapsed_s, 0) / 60:.1f}min"
+            bar.set_postfix(postfix)
         if train.eval_every and step % train.eval_every == 0:
             metrics = evaluate_model(model, val_set, config.data.eval_batch_size, train.eval_max_images, False)
             _append_jsonl(metrics_path, {"step": step, "elapsed_s": round(elapsed_s, 1), "eval": metrics})
@@ -174,4 +180,4 @@ def fit(
 
 
 def _floats(terms: dict[str, torch.Tensor]) -> dict[str, float]:
-    return {k: float(v) for k, v in terms.items()}
+    return {k: float(v.detach()) for k, v in terms.items()}

@@ -51,7 +51,7 @@ def split_levels(flat: torch.Tensor, level_shapes: list[tuple[int, int]]) -> lis
     sizes = [h * w for h, w in level_shapes]
     return [
         chunk.transpose(1, 2).reshape(flat.shape[0], flat.shape[2], h, w)
-        for chunk, (h, w) in zip(flat.split(sizes, dim=1), level_shapes)
+        for chunk, (h, w) in zip(flat.split(sizes, dim=1), level_shapes, strict=True)
     ]
 
 
@@ -60,7 +60,7 @@ def split_mask_levels(flat_mask: torch.Tensor, level_shapes: list[tuple[int, int
     sizes = [h * w for h, w in level_shapes]
     return [
         chunk.reshape(flat_mask.shape[0], h, w).bool()
-        for chunk, (h, w) in zip(flat_mask.split(sizes, dim=1), level_shapes)
+        for chunk, (h, w) in zip(flat_mask.split(sizes, dim=1), level_shapes, strict=True)
     ]
 
 
@@ -87,6 +87,11 @@ class DetrAdapter:
     @property
     def d_model(self) -> int:
         return self.model.config.d_model
+
+    @property
+    def num_feature_levels(self) -> int:
+        """Number of feature levels in the record (single-scale families: 1)."""
+        return 1
 
     def learned_queries(self) -> torch.Tensor:
         """[Q, D_q] the learned object query embeddings."""

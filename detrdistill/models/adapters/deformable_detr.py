@@ -23,6 +23,10 @@ class DeformableDetrAdapter(DetrAdapter):
             raise ValueError("two-stage Deformable DETR has no learned queries; use two_stage=False")
         super().__init__(model)
 
+    @property
+    def num_feature_levels(self) -> int:
+        return self.model.config.num_feature_levels
+
     def learned_queries(self) -> torch.Tensor:
         return self.model.model.query_position_embeddings.weight
 

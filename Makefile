@@ -1,0 +1,43 @@
+# make test / make demo: create or reuse .venv, install what is missing, then run.
+# A second run installs nothing: the install is redone only when pyproject.toml changes.
+#
+# torch is installed first and on its own so that pip never resolves it from the default
+# index (PyPI's Linux wheel is a multi-GB CUDA build). On the development machine
+# `torch==2.13.0` resolves to the local CPU wheel. Elsewhere pick a wheel index, e.g.
+#   make test TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+#   make demo TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128   (CUDA 12.8 GPUs)
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX_URL ?=
+EXTRAS ?= dev
+STAMP := $(VENV)/.installed-$(EXTRAS)
+DATA ?= data/shapes
+
+.PHONY: install test demo lint clean-venv
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	@$(PY) -c "import torch; assert 'torchvision' not in __import__('sys').modules; print('torch', torch.__version__)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check detrdistill tests
+
+demo: $(STAMP)
+	$(VENV)/bin/detrdistill demo --data $(DATA) --out runs/demo
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,135 @@
+"""DETRDistill as a training objective: a frozen teacher, a student, and the three KD losses.
+
+    L = L_det + lambda_ld * L_LD + lambda_fd * L_FD + lambda_ad * L_AD      (paper section 4.4)
+
+The teacher runs in eval mode under no_grad on the same augmented batch as the student.
+The losses only read ``DetrRecord``s, so any supported family can teach any other.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from detrdistill.config import ConfigError, RunConfig
+from detrdistill.losses.assignment import AssignmentDistillation
+from detrdistill.losses.detection import DetectionLoss
+from detrdistill.losses.features import FeatureDistillation, class_scores, matched_iou, max_iou, quality_scores
+from detrdistill.losses.logits import LogitsDistillation, stage_mapping
+from detrdistill.matching import HungarianMatcher
+from detrdistill.models.adapters import adapter_for
+
+
+class DistillHeads(nn.Module):
+    """The distiller's own trainable layers: FD's adaptation convs and AD's query map."""
+
+    def __init__(self, features: FeatureDistillation | None, assignment: AssignmentDistillation | None):
+        super().__init__()
+        self.features = features
+        self.assignment = assignment
+
+
+def teacher_logits_for(student_head: str, teacher_logits: torch.Tensor, teacher_head: str) -> torch.Tensor:
+    """Teacher logits in the student's class-head convention, for class distillation.
+
+    A softmax teacher (DETR) teaching a sigmoid student becomes per-class logits whose
+    sigmoid is the teacher's class probability.
+    """
+    if student_head == teacher_head:
+        return teacher_logits
+    if teacher_head == "softmax":
+        return torch.logit(teacher_logits.softmax(-1)[..., :-1], eps=1e-6)
+    raise ConfigError(
+        "a sigmoid-head teacher (Conditional/Deformable DETR) cannot give class targets to a softmax-head "
+        "student (DETR): disable distill.logits.pos_cls or pick a sigmoid-head student"
+    )
+
+
+class DETRDistillObjective:
+    """Callable training objective: batch -> dict of named, weighted loss terms.
+
+    Terms: det_cls, det_bbox, det_giou (the student's own loss), ld_pos_cls, ld_pos_box,
+    ld_neg_box (x lambda_ld), fd (x lambda_fd), ad_cls, ad_bbox, ad_giou (x lambda_ad).
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, config: RunConfig):
+        self.config = config.distill
+        self.student, self.teacher = student, teacher
+        teacher.eval().requires_grad_(False)
+        self.student_adapter, self.teacher_adapter = adapter_for(student), adapter_for(teacher)
+        student_head, teacher_head = self.student_adapter.class_head, self.teacher_adapter.class_head
+        if self.student_adapter.num_classes != self.teacher_adapter.num_classes:
+            raise ConfigError(
+                f"teacher has {self.teacher_adapter.num_classes} classes, student "
+                f"{self.student_adapter.num_classes}: distill between models of the same label set"
+            )
+        if self.config.logits.enabled and self.config.logits.pos_cls:
+            teacher_logits_for(student_head, torch.zeros(1, 2), teacher_head)  # fail early on a bad pairing
+        self.criterion = DetectionLoss(config.loss, self.student_adapter.num_classes, student_head)
+        self.teacher_matcher = HungarianMatcher(
+            config.loss.class_cost, config.loss.bbox_cost, config.loss.giou_cost, teacher_head,
+            config.loss.focal_alpha, config.loss.focal_gamma,
+        )
+        self.logits_distillation = LogitsDistillation(self.config.logits, student_head)
+        features = None
+        if self.config.features.enabled:
+            features = FeatureDistillation(
+                self.config.features, self.student_adapter.d_model, self.teacher_adapter.d_model,
+                self.student_adapter.num_feature_levels,
+            )
+        assignment = None
+        if self.config.assignment.enabled:
+            assignment = AssignmentDistillation(
+                self.teacher_adapter.learned_queries().shape[1], self.student_adapter.learned_queries().shape[1]
+            )
+        self.heads = DistillHeads(features, assignment)
+
+    @property
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.student, "distill_heads": self.heads}
+
+    def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
+        pixel_values, pixel_mask, targets = batch["pixel_values"], batch["pixel_mask"], batch["labels"]
+        with torch.no_grad():
+            teacher = self.teacher_adapter(pixel_values, pixel_mask)
+            teacher_gt = [
+                self.teacher_matcher(teacher.logits[k], teacher.boxes_cxcywh[k], targets)
+                for k in range(teacher.num_stages)
+            ]
+        student = self.student_adapter(pixel_values, pixel_mask)
+        terms, _ = self.criterion(student.logits, student.boxes_cxcywh, targets)
+        cfg = self.config
+        student_head = self.student_adapter.class_head
+
+        if cfg.logits.enabled:
+            teacher_logits = teacher_logits_for(student_head, teacher.logits, self.teacher_adapter.class_head)
+            logits_terms = self.logits_distillation(
+                student.logits, student.boxes_cxcywh, teacher_logits, teacher.boxes_cxcywh, teacher_gt
+            )
+            terms.update({name: cfg.lambda_ld * value for name, value in logits_terms.items()})
+
+        if cfg.features.enabled:
+            with torch.no_grad():
+                scores = class_scores(teacher.logits[-1], self.teacher_adapter.class_head)
+                quality = quality_scores(
+                    scores, matched_iou(teacher.boxes_cxcywh[-1], targets, teacher_gt[-1]), cfg.features.gamma
+                )
+                release_weights = scores * max_iou(teacher.boxes_cxcywh[-1], targets)
+            use_input = cfg.features.features == "encoder_input"
+            terms["fd"] = cfg.lambda_fd * self.heads.features(
+                student.encoder_inputs if use_input else student.features,
+                teacher.encoder_inputs if use_input else teacher.features,
+                teacher.feature_masks,
+                teacher.decoder_hidden[-1],
+                quality,
+                release_weights,
+            )
+
+        if cfg.assignment.enabled:
+            stage_map = stage_mapping(student.num_stages, teacher.num_stages, progressive=True)
+            assignment_terms = self.heads.assignment(
+                self.student_adapter, student, teacher.query_embeddings, teacher_gt, stage_map, targets,
+                self.criterion,
+            )
+            terms.update({name: cfg.lambda_ad * value for name, value in assignment_terms.items()})
+        return terms

@@ -1,0 +1,1 @@
+"""Loss functions: the detection loss here; distillation losses join in issue 3."""

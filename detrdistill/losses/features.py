@@ -1,0 +1,183 @@
+"""Target-aware feature distillation (paper section 4.2, eq. 5-8).
+
+The student imitates the teacher's encoder features, F^T - phi(F^S), under soft spatial
+masks built from the teacher's query embeddings (its last decoder stage's output, one per
+prediction, as in the public release). Per query i and feature level:
+
+    psi_i = HW * softmax over valid positions of (F^T . Q_i / sqrt(d))
+
+a spatial attention map of the query (non-negative, mean 1 over the image). Eq. 6 writes
+a plain dot product, which can be negative and would then *reward* feature error; the
+softmax keeps the dot product's ranking and makes the mask a weighting. The masks:
+
+- ``quality`` (eq. 8, default): sum_i q_i / (M d HW) * ||psi_i (F^T - phi(F^S))||^2 with the
+  quality score q_i = c_i^gamma * IoU(b_i, matched GT)^(1 - gamma) (eq. 7); c_i is the
+  teacher's top class probability and the IoU is with the GT box the teacher's own
+  Hungarian match gives query i (0 for unmatched queries).
+- ``vanilla`` (eq. 6, Table 2's weak baseline): psi = mean_i psi_i, all queries equal.
+- ``release``: cosine similarity of F^T and Q_i, summed with weights score * max-IoU,
+  clamped at 0.01 and divided by its per-image maximum.
+
+Student levels are paired with the teacher level of the same spatial size; where the
+teacher has none (e.g. a single-scale teacher for a multi-scale student) the teacher map is
+resized to the student's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detrdistill.box_ops import box_cxcywh_to_xyxy, box_iou
+from detrdistill.config import ConfigError, FeatureDistillConfig
+from detrdistill.matching import MatchIndices
+
+MASK_TYPES = ("quality", "vanilla", "release")
+FEATURE_SOURCES = ("encoder_output", "encoder_input")
+
+
+def class_scores(logits: torch.Tensor, class_head: str) -> torch.Tensor:
+    """Top class probability per prediction: [..., C] -> [...] (no-object excluded)."""
+    if class_head == "softmax":
+        return logits.softmax(-1)[..., :-1].max(-1).values
+    return logits.sigmoid().max(-1).values
+
+
+def matched_iou(boxes_cxcywh: torch.Tensor, targets: list[dict], gt_indices: MatchIndices) -> torch.Tensor:
+    """IoU of each prediction with the GT box it is matched to (0 if unmatched): [B, M, 4] -> [B, M]."""
+    iou = torch.zeros(boxes_cxcywh.shape[:2], device=boxes_cxcywh.device)
+    for image, (queries, gts) in enumerate(gt_indices):
+        if len(queries):
+            predicted = box_cxcywh_to_xyxy(boxes_cxcywh[image, queries])
+            target = box_cxcywh_to_xyxy(targets[image]["boxes"][gts].to(boxes_cxcywh.device))
+            iou[image, queries] = box_iou(predicted, target)[0].diagonal().clamp(min=0)
+    return iou
+
+
+def max_iou(boxes_cxcywh: torch.Tensor, targets: list[dict]) -> torch.Tensor:
+    """Each prediction's best IoU with any GT box of its image: [B, M, 4] -> [B, M]."""
+    iou = torch.zeros(boxes_cxcywh.shape[:2], device=boxes_cxcywh.device)
+    for image, target in enumerate(targets):
+        if len(target["boxes"]):
+            pairwise, _ = box_iou(box_cxcywh_to_xyxy(boxes_cxcywh[image]),
+                                  box_cxcywh_to_xyxy(target["boxes"].to(boxes_cxcywh.device)))
+            iou[image] = pairwise.max(-1).values
+    return iou
+
+
+def quality_scores(scores: torch.Tensor, iou: torch.Tensor, gamma: float) -> torch.Tensor:
+    """q = c^gamma * IoU^(1 - gamma) (eq. 7), elementwise."""
+    return scores.clamp(min=0) ** gamma * iou.clamp(min=0) ** (1 - gamma)
+
+
+def query_masks(features: torch.Tensor, valid: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """Per-query spatial attention masks.
+
+    Args:
+        features: [B, D, H, W] teacher features; valid: [B, H, W] bool (False = padding);
+        queries: [B, M, D] teacher query embeddings.
+
+    Returns:
+        [B, M, H, W], non-negative, 0 on padding, mean 1 over each image's valid pixels.
+    """
+    batch, dim, height, width = features.shape
+    logits = torch.einsum("bmd,bdhw->bmhw", queries, features) / dim**0.5
+    logits = logits.masked_fill(~valid[:, None], float("-inf"))
+    attention = logits.flatten(2).softmax(-1).view(batch, -1, height, width)
+    num_valid = valid.flatten(1).sum(-1).clamp(min=1).view(batch, 1, 1, 1)
+    return attention * num_valid
+
+
+def release_mask(
+    features: torch.Tensor, valid: torch.Tensor, queries: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """The release's mask: sum_i w_i cos(F^T, Q_i), clamped at 0.01, / per-image max -> [B, H, W]."""
+    cosine = torch.einsum("bmd,bdhw->bmhw", F.normalize(queries, dim=-1), F.normalize(features, dim=1))
+    mask = (weights[:, :, None, None] * cosine).sum(1).clamp(min=0.01) * valid
+    return mask / mask.flatten(1).max(-1).values.clamp(min=1e-6).view(-1, 1, 1)
+
+
+def _align(teacher: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize a teacher map [B, C, H, W] to ``size`` (area-average down, bilinear up)."""
+    if tuple(teacher.shape[-2:]) == tuple(size):
+        return teacher
+    if size[0] <= teacher.shape[-2] and size[1] <= teacher.shape[-1]:
+        return F.adaptive_avg_pool2d(teacher, size)
+    return F.interpolate(teacher, size=size, mode="bilinear", align_corners=False)
+
+
+def pair_levels(student_shapes: list[tuple[int, int]], teacher_shapes: list[tuple[int, int]]) -> list[int]:
+    """Teacher level for each student level: the same spatial size, else the closest in area."""
+    pairs = []
+    for shape in student_shapes:
+        area = shape[0] * shape[1]
+        same = [i for i, t in enumerate(teacher_shapes) if tuple(t) == tuple(shape)]
+        pairs.append(same[0] if same else min(range(len(teacher_shapes)),
+                                               key=lambda i: abs(teacher_shapes[i][0] * teacher_shapes[i][1] - area)))
+    return pairs
+
+
+class FeatureDistillation(nn.Module):
+    """L_featKD over all student feature levels, with the learnable adaptation layers phi.
+
+    Args:
+        config: mask type, gamma, feature source.
+        student_dim, teacher_dim: channel widths of the distilled features.
+        num_student_levels: number of student feature levels (one phi each).
+    """
+
+    def __init__(self, config: FeatureDistillConfig, student_dim: int, teacher_dim: int, num_student_levels: int):
+        super().__init__()
+        if config.mask not in MASK_TYPES:
+            raise ConfigError(f"distill.features.mask {config.mask!r} is not one of {MASK_TYPES}")
+        if config.features not in FEATURE_SOURCES:
+            raise ConfigError(f"distill.features.features {config.features!r} is not one of {FEATURE_SOURCES}")
+        self.config = config
+        self.projections = nn.ModuleList(
+            nn.Conv2d(student_dim, teacher_dim, kernel_size=1) if student_dim != teacher_dim else nn.Identity()
+            for _ in range(num_student_levels)
+        )
+
+    def weight_maps(
+        self, features: torch.Tensor, valid: torch.Tensor, queries: torch.Tensor, quality: torch.Tensor,
+        release_weights: torch.Tensor,
+    ) -> torch.Tensor:
+        """Per-pixel weight w on ||F^T - phi(F^S)||^2 for one teacher level: [B, H, W].
+
+        quality: [B, M] q_i; release_weights: [B, M] score * max-IoU.
+        """
+        if self.config.mask == "release":
+            return release_mask(features, valid, queries, release_weights) ** 2
+        masks = query_masks(features, valid, queries)
+        if self.config.mask == "vanilla":
+            return masks.mean(1) ** 2
+        # sum_i q_i / M * psi_i^2: eq. 8's per-query squared masks folded into one map.
+        return (quality[:, :, None, None] * masks**2).mean(1)
+
+    def forward(
+        self,
+        student_features: list[torch.Tensor],
+        teacher_features: list[torch.Tensor],
+        teacher_valid: list[torch.Tensor],
+        teacher_queries: torch.Tensor,
+        quality: torch.Tensor,
+        release_weights: torch.Tensor,
+    ) -> torch.Tensor:
+        """student_features per level [B, D_S, H, W]; teacher_features per level [B, D_T, H', W']
+        with validity masks [B, H', W']; teacher_queries [B, M, D_T]; quality, release_weights
+        [B, M]. Returns the scalar loss, summed over student levels, averaged over images."""
+        teacher_shapes = [tuple(f.shape[-2:]) for f in teacher_features]
+        student_shapes = [tuple(f.shape[-2:]) for f in student_features]
+        loss = student_features[0].sum() * 0.0
+        for level, teacher_level in enumerate(pair_levels(student_shapes, teacher_shapes)):
+            size = student_shapes[level]
+            with torch.no_grad():
+                teacher = _align(teacher_features[teacher_level], size)
+                valid = _align(teacher_valid[teacher_level][:, None].float(), size)[:, 0] > 0.5
+                weight = self.weight_maps(teacher, valid, teacher_queries, quality, release_weights)
+            difference = (teacher - self.projections[level](student_features[level])) ** 2
+            num_valid = valid.flatten(1).sum(-1).clamp(min=1)
+            per_image = (weight[:, None] * difference).flatten(1).sum(-1) / (num_valid * teacher.shape[1])
+            loss = loss + per_image.mean()
+        return loss
