@@ -1,0 +1,99 @@
+"""Target-aware feature distillation: masks, quality scores, the loss, level pairing."""
+
+import pytest
+import torch
+
+from detrdistill.config import FeatureDistillConfig
+from detrdistill.losses.features import (
+    FeatureDistillation,
+    matched_iou,
+    pair_levels,
+    quality_scores,
+    query_masks,
+    release_mask,
+)
+
+DIM = 16
+
+
+def _scene():
+    """Teacher features [1, D, 8, 8] with an 'object' at rows 1-2, cols 5-6 whose features
+    point along query 0's embedding; query 1 points elsewhere; the right column is padding."""
+    generator = torch.Generator().manual_seed(0)
+    features = 0.1 * torch.randn(1, DIM, 8, 8, generator=generator)
+    queries = torch.zeros(1, 2, DIM)
+    queries[0, 0, 0] = 4.0
+    queries[0, 1, 1] = 4.0
+    features[0, 0, 1:3, 5:7] = 3.0
+    valid = torch.ones(1, 8, 8, dtype=torch.bool)
+    valid[0, :, 7] = False
+    return features, valid, queries
+
+
+def test_query_masks_are_nonnegative_zero_on_padding_and_peak_on_the_object():
+    features, valid, queries = _scene()
+    masks = query_masks(features, valid, queries)
+    assert masks.shape == (1, 2, 8, 8)
+    assert (masks >= 0).all()
+    assert (masks[0, :, :, 7] == 0).all()
+    assert masks[0, 0][valid[0]].mean().item() == pytest.approx(1.0, rel=1e-5)
+    peak = torch.nonzero(masks[0, 0] == masks[0, 0].max())[0].tolist()
+    assert 1 <= peak[0] <= 2 and 5 <= peak[1] <= 6
+    assert masks[0, 0, 1:3, 5:7].mean() > 10 * masks[0, 0, 5:, :4].mean()
+
+    release = release_mask(features, valid, queries, torch.tensor([[1.0, 0.0]]))
+    assert (release >= 0).all() and release.max().item() == pytest.approx(1.0)
+    assert torch.nonzero(release[0] == 1.0)[0, 1] >= 5
+
+
+def test_quality_score_hand_values_and_matched_iou():
+    assert quality_scores(torch.tensor([0.81]), torch.tensor([0.25]), 0.5).item() == pytest.approx(0.9 * 0.5)
+    assert quality_scores(torch.tensor([0.9]), torch.tensor([0.0]), 0.5).item() == 0.0
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.25, 0.25, 0.1, 0.1], [0.8, 0.8, 0.1, 0.1]]])
+    targets = [{"boxes": torch.tensor([[0.5, 0.5, 0.2, 0.1], [0.25, 0.25, 0.1, 0.1]])}]
+    iou = matched_iou(boxes, targets, [(torch.tensor([0, 1]), torch.tensor([0, 1]))])
+    assert iou[0].tolist() == pytest.approx([0.5, 1.0, 0.0])  # query 2 is unmatched
+
+
+@pytest.mark.parametrize("mask", ["quality", "vanilla", "release"])
+def test_loss_is_zero_for_equal_features_and_positive_otherwise(mask):
+    features, valid, queries = _scene()
+    distillation = FeatureDistillation(FeatureDistillConfig(mask=mask), DIM, DIM, num_student_levels=1)
+    quality, weights = torch.tensor([[0.8, 0.1]]), torch.tensor([[0.8, 0.1]])
+    assert distillation([features], [features], [valid], queries, quality, weights).item() == 0.0
+    student = (features + 0.5).requires_grad_()
+    loss = distillation([student], [features], [valid], queries, quality, weights)
+    loss.backward()
+    assert loss.item() > 0 and student.grad.abs().sum() > 0
+    assert student.grad[0, :, :, 7].abs().sum() == 0  # padding carries no loss
+
+
+def test_quality_weighting_ignores_zero_quality_queries_and_vanilla_does_not():
+    """An error placed where only query 0 attends: with q_0 = 0 the quality mask ignores it."""
+    features, valid, queries = _scene()
+    student = features.clone()
+    student[0, :, 1:3, 5:7] += 1.0
+    zero_q0 = torch.tensor([[0.0, 1.0]])
+    quality = FeatureDistillation(FeatureDistillConfig(mask="quality"), DIM, DIM, 1)
+    vanilla = FeatureDistillation(FeatureDistillConfig(mask="vanilla"), DIM, DIM, 1)
+    ignored = quality([student], [features], [valid], queries, zero_q0, zero_q0).item()
+    attended = quality([student], [features], [valid], queries, torch.tensor([[1.0, 0.0]]), zero_q0).item()
+    assert attended > 30 * ignored  # query 1 spreads its weight evenly, object included
+    assert vanilla([student], [features], [valid], queries, zero_q0, zero_q0).item() > 10 * ignored
+
+
+def test_projection_when_widths_differ_and_levels_pair_by_size():
+    distillation = FeatureDistillation(FeatureDistillConfig(), student_dim=8, teacher_dim=DIM, num_student_levels=2)
+    assert distillation.projections[0].weight.shape == (DIM, 8, 1, 1)
+    assert pair_levels([(8, 8), (4, 4)], [(8, 8), (4, 4), (2, 2)]) == [0, 1]
+    assert pair_levels([(8, 8), (4, 4), (2, 2)], [(8, 8)]) == [0, 0, 0]
+    features, valid, queries = _scene()
+    students = [torch.randn(1, 8, 8, 8), torch.randn(1, 8, 4, 4)]
+    loss = distillation(students, [features], [valid], queries, torch.ones(1, 2), torch.ones(1, 2))
+    loss.backward()
+    assert all(p.grad is not None for p in distillation.parameters())
+
+
+def test_bad_mask_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="distill.features.mask"):
+        FeatureDistillation(FeatureDistillConfig(mask="gaussian"), DIM, DIM, 1)
