@@ -61,45 +61,19 @@ def cmd_pretrain_backbone(args) -> None:
 
 def cmd_train(args) -> None:
     from detrdistill.evaluate import format_ap_table
-    from detrdistill.training.loop import DetectionObjective, fit, seed_everything
-    from detrdistill.training.prepare import default_backbone_cache, load_datasets, prepare_detector
+    from detrdistill.training.run import run_training
 
-    config = _config_with_overrides(args)
-    seed_everything(config.train.seed)
-    train_set, val_set = load_datasets(args.data, config.data)
-    cache = args.backbone_cache or default_backbone_cache(args.data)
-    model, init = prepare_detector(config, train_set, cache)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "init.json").write_text(json.dumps(init, indent=2))
-    result = fit(DetectionObjective(model, config), model, config, train_set, val_set, args.out, resume=args.resume)
+    result = run_training(_config_with_overrides(args), args.data, args.out, resume=args.resume,
+                          backbone_cache=args.backbone_cache)
     print(format_ap_table({args.out.name: result}))
 
 
 def cmd_distill(args) -> None:
-    from detrdistill.distiller import DETRDistillObjective
     from detrdistill.evaluate import format_ap_table
-    from detrdistill.models.build import load_detector, resolve_model_dir
-    from detrdistill.training.loop import fit, seed_everything
-    from detrdistill.training.prepare import default_backbone_cache, load_datasets, prepare_detector
+    from detrdistill.training.run import run_training
 
-    config = _config_with_overrides(args)
-    config.distill.teacher = str(resolve_model_dir(args.teacher))
-    seed_everything(config.train.seed)
-    train_set, val_set = load_datasets(args.data, config.data)
-    teacher = load_detector(args.teacher)
-    teacher_labels = {int(k): v for k, v in teacher.config.id2label.items()}
-    if teacher_labels != train_set.id2label:
-        raise DatasetError(
-            f"the teacher in {args.teacher} was trained on classes {teacher_labels}, but "
-            f"{train_set.annotation_file} has {train_set.id2label}: use a teacher trained on this label set"
-        )
-    cache = args.backbone_cache or default_backbone_cache(args.data)
-    student, init = prepare_detector(config, train_set, cache)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "init.json").write_text(json.dumps({**init, "teacher": config.distill.teacher}, indent=2))
-    objective = DETRDistillObjective(student, teacher, config)
-    result = fit(objective, student, config, train_set, val_set, args.out, resume=args.resume,
-                 extra_trainable=[objective.heads])
+    result = run_training(_config_with_overrides(args), args.data, args.out, teacher=args.teacher,
+                          resume=args.resume, backbone_cache=args.backbone_cache)
     print(format_ap_table({args.out.name: result}))
 
 

@@ -1,7 +1,10 @@
-"""``make demo``: embedded data -> pretrained backbone -> teacher -> COCO AP table.
+"""``make demo``: data -> teacher -> student baseline -> DETRDistill student -> one table.
 
-Each stage is skipped when its output already exists, so a second demo reuses the data
-and the trained teacher. Issue 3 extends this to the student and the distilled student.
+Rows: the teacher; the undistilled student and the DETRDistill student trained for the
+same number of steps with the same seed; and an undistilled student given the same
+wall-clock training time as the distilled one (a distill step also pays for the teacher's
+forward pass, so equal steps alone would flatter distillation). Every stage is skipped
+when its run directory already holds a finished run, so a second demo reuses the teacher.
 """
 
 from __future__ import annotations
@@ -11,9 +14,13 @@ import time
 from pathlib import Path
 
 from detrdistill.config import load_config
-from detrdistill.evaluate import format_ap_table
+from detrdistill.evaluate import AP_KEYS, format_ap_table
+from detrdistill.training.run import run_training
 
 TEACHER_PRESET = "deformable_teacher"
+STUDENT_PRESET = "deformable_student"
+# Distillation helps most while the student is young, and the demo must stay short.
+STUDENT_STEPS = 1500
 
 
 def ensure_shapes(data_dir: Path) -> None:
@@ -26,34 +33,70 @@ def ensure_shapes(data_dir: Path) -> None:
     make_shapes(data_dir)
 
 
-def train_or_reuse(preset: str, data_dir: Path, run_dir: Path) -> dict:
-    from detrdistill.training.loop import DetectionObjective, fit, seed_everything
-    from detrdistill.training.prepare import default_backbone_cache, load_datasets, prepare_detector
-
+def train_or_reuse(
+    label: str, preset: str, data_dir: Path, run_dir: Path, steps: int | None = None, minutes: float | None = None,
+    teacher: Path | None = None,
+) -> dict:
+    """Train ``preset`` into ``run_dir`` (distilling from ``teacher`` if given) unless done already."""
     eval_file = run_dir / "eval.json"
     if eval_file.is_file():
-        print(f"[demo] {run_dir.name}: reusing the trained run in {run_dir}")
+        print(f"[demo] {label}: reusing the finished run in {run_dir}")
         return json.loads(eval_file.read_text())
     config = load_config(preset)
-    seed_everything(config.train.seed)
-    train_set, val_set = load_datasets(data_dir, config.data)
-    print(f"[demo] {run_dir.name}: preset {preset}, {config.train.steps} steps (progress bar shows the ETA)")
-    model, init = prepare_detector(config, train_set, default_backbone_cache(data_dir))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "init.json").write_text(json.dumps(init, indent=2))
-    resume = (run_dir / "checkpoint.pt").is_file()
-    return fit(DetectionObjective(model, config), model, config, train_set, val_set, run_dir, resume=resume)
+    if steps is not None or minutes is not None:
+        config.train.steps, config.train.minutes = steps, minutes
+    budget = f"{config.train.steps} steps" if config.train.steps else f"{config.train.minutes:.1f} min"
+    print(f"[demo] {label}: preset {preset}, {budget}{' distilled from ' + str(teacher) if teacher else ''}")
+    return run_training(config, data_dir, run_dir, teacher=teacher, resume=(run_dir / "checkpoint.pt").is_file())
 
 
-def run_demo(data_dir: Path, out_dir: Path) -> str:
+def compare_runs(
+    teacher_preset: str, student_preset: str, data_dir: Path, out_dir: Path, student_steps: int,
+    teacher_dir: Path | None = None,
+) -> dict[str, dict]:
+    """Teacher, student (same steps), DETRDistill student, student (same time): eval dicts by row name.
+
+    ``teacher_dir`` reuses a trained teacher; by default it is trained into ``out_dir/teacher``.
+    """
+    rows = {}
+    if teacher_dir is None:
+        teacher_dir = out_dir / "teacher"
+        rows["teacher"] = train_or_reuse("teacher", teacher_preset, data_dir, teacher_dir)
+    else:
+        rows["teacher"] = json.loads((teacher_dir / "eval.json").read_text())
+    rows["student (same steps)"] = train_or_reuse(
+        "student", student_preset, data_dir, out_dir / "student", steps=student_steps
+    )
+    rows["DETRDistill student"] = train_or_reuse(
+        "DETRDistill student", student_preset, data_dir, out_dir / "distilled", steps=student_steps,
+        teacher=teacher_dir,
+    )
+    rows["student (same time)"] = train_or_reuse(
+        "student, same time", student_preset, data_dir, out_dir / "student_same_time",
+        minutes=rows["DETRDistill student"]["train_s"] / 60,
+    )
+    return rows
+
+
+def comparison_table(rows: dict[str, dict]) -> str:
+    return format_ap_table(
+        {name: {**{k: r[k] for k in AP_KEYS}, "steps": r["steps"], "step_ms": r["step_ms"]} for name, r in rows.items()}
+    )
+
+
+def run_demo(data_dir: Path, out_dir: Path, student_steps: int = STUDENT_STEPS) -> str:
     started = time.perf_counter()
     ensure_shapes(data_dir)
-    rows = {"teacher": train_or_reuse(TEACHER_PRESET, data_dir, out_dir / "teacher")}
-    table = format_ap_table({name: {k: rows[name][k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "step_ms")}
-                             for name in rows})
+    rows = compare_runs(TEACHER_PRESET, STUDENT_PRESET, data_dir, out_dir, student_steps)
+    table = comparison_table(rows)
+    gain = rows["DETRDistill student"]["AP"] - rows["student (same steps)"]["AP"]
     report = (
-        f"# detrdistill demo\n\nData: `{data_dir}` (val split). Teacher preset: `{TEACHER_PRESET}`.\n\n{table}\n\n"
-        "AP columns x100; APs/APm/APl use area ranges scaled to the image size (see README).\n"
+        "# detrdistill demo\n\n"
+        f"Regenerate: `make demo` (or `detrdistill demo --data {data_dir} --out {out_dir}`).\n\n"
+        f"Data: `{data_dir}`, val split. Teacher `{TEACHER_PRESET}`; students `{STUDENT_PRESET}` for "
+        f"{student_steps} steps, seed 0.\n\n{table}\n\n"
+        f"DETRDistill - student at equal steps: {100 * gain:+.1f} AP.\n\n"
+        "AP columns x100; APs/APm/APl use area ranges scaled to the image size (README).\n"
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.md").write_text(report)
