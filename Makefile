@@ -31,10 +31,11 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 test: $(STAMP)
+	$(PY) -m ruff check detrdistill tests benchmarks
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(PY) -m ruff check detrdistill tests
+	$(PY) -m ruff check detrdistill tests benchmarks
 
 demo: $(STAMP)
 	$(VENV)/bin/detrdistill demo --data $(DATA) --out runs/demo

@@ -75,7 +75,7 @@ def summary(records: dict[str, dict]) -> str:
         lines.append(f"| {name} | {aps} | {r['steps']} | {r['step_ms']:.0f} | "
                      f"{r['wall_minutes_including_backbone_pretraining']:.1f} |")
     lines += ["", "## Acceptance checks (issue 2)", ""]
-    for family, (teacher, student) in PAIRS.items():
+    for teacher, student in PAIRS.values():
         if teacher not in records or student not in records:
             continue
         t, s = records[teacher], records[student]

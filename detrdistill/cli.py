@@ -11,10 +11,17 @@ from detrdistill.config import ConfigError, load_config, save_config
 from detrdistill.data.errors import DatasetError
 
 
-def _add_budget(parser: argparse.ArgumentParser) -> None:
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Data, output, budget, seed and resume options shared by ``train`` and ``distill``."""
+    _add_data(parser)
+    parser.add_argument("--out", type=Path, required=True, help="run directory")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, help="training steps (default: the config's train.steps)")
     budget.add_argument("--minutes", type=float, help="wall-clock training budget instead of a step count")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    parser.add_argument("--backbone-cache", type=Path, help="cache directory (default: DATA/backbones)")
+    parser.set_defaults(func=cmd_run)
 
 
 def _add_data(parser: argparse.ArgumentParser) -> None:
@@ -59,20 +66,12 @@ def cmd_pretrain_backbone(args) -> None:
     print(f"backbone: {path}  (crop val accuracy {stats['val_accuracy']:.3f} over {stats['num_crops']} crops)")
 
 
-def cmd_train(args) -> None:
+def cmd_run(args) -> None:
+    """``train``, or ``distill`` when a teacher is given."""
     from detrdistill.evaluate import format_ap_table
     from detrdistill.training.run import run_training
 
-    result = run_training(_config_with_overrides(args), args.data, args.out, resume=args.resume,
-                          backbone_cache=args.backbone_cache)
-    print(format_ap_table({args.out.name: result}))
-
-
-def cmd_distill(args) -> None:
-    from detrdistill.evaluate import format_ap_table
-    from detrdistill.training.run import run_training
-
-    result = run_training(_config_with_overrides(args), args.data, args.out, teacher=args.teacher,
+    result = run_training(_config_with_overrides(args), args.data, args.out, teacher=getattr(args, "teacher", None),
                           resume=args.resume, backbone_cache=args.backbone_cache)
     print(format_ap_table({args.out.name: result}))
 
@@ -130,24 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a detector from a config")
     p.add_argument("--config", required=True, help="YAML file or preset name")
-    _add_data(p)
-    p.add_argument("--out", type=Path, required=True, help="run directory")
-    _add_budget(p)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--backbone-cache", type=Path, help="cache directory (default: DATA/backbones)")
-    p.set_defaults(func=cmd_train)
+    _add_run_arguments(p)
 
     p = sub.add_parser("distill", help="train a student with DETRDistill from a trained teacher")
     p.add_argument("--teacher", type=Path, required=True, help="teacher run directory or from_pretrained directory")
     p.add_argument("--config", required=True, help="student YAML file or preset name (its distill: section applies)")
-    _add_data(p)
-    p.add_argument("--out", type=Path, required=True, help="run directory")
-    _add_budget(p)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--backbone-cache", type=Path, help="cache directory (default: DATA/backbones)")
-    p.set_defaults(func=cmd_distill)
+    _add_run_arguments(p)
 
     p = sub.add_parser("eval", help="COCO AP of a run or model directory")
     p.add_argument("run_or_model", type=Path)

@@ -21,7 +21,11 @@ def predict(
     was_training = model.training
     model.eval()
     indices = range(len(dataset) if max_images is None else min(max_images, len(dataset)))
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, collate_fn=collate_detection)
+    # A private generator: evaluating in the middle of training must not draw from the global
+    # RNG, or how often a run evaluates would change its augmentations afterwards.
+    loader = DataLoader(
+        Subset(dataset, indices), batch_size=batch_size, collate_fn=collate_detection, generator=torch.Generator()
+    )
     results, image_ids = [], []
     for batch in tqdm(loader, desc="evaluating", leave=False, disable=not progress):
         output = model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"])

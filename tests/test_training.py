@@ -288,3 +288,15 @@ def test_training_with_empty_images(shapes_dir, tmp_path, tiny_run_config):
     assert len(losses) == 6
     assert all(torch.isfinite(torch.tensor(m[k])) for m in losses.values() for k in ("loss", "det_bbox", "det_giou"))
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_evaluation_leaves_the_training_rng_alone(shapes_dir, tiny_detector, tiny_run_config):
+    """How often a run evaluates must not change its later augmentations."""
+    from detrdistill.inference import evaluate_model
+
+    _, val_set = load_datasets(shapes_dir, tiny_run_config().data)
+    model = tiny_detector("conditional_detr", id2label=val_set.id2label)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    evaluate_model(model, val_set, batch_size=4, progress=False)
+    assert torch.equal(torch.get_rng_state(), before)

@@ -68,7 +68,8 @@ class RandomResize:
         self.max_size = max_size
 
     def __call__(self, image: Image.Image, target: dict) -> tuple[Image.Image, dict]:
-        size = self.sizes[int(torch.randint(len(self.sizes), ()).item())]
+        # One size (evaluation) is deterministic and must not advance the global RNG.
+        size = self.sizes[0] if len(self.sizes) == 1 else self.sizes[int(torch.randint(len(self.sizes), ()).item())]
         width, height = image.size
         short, long = min(width, height), max(width, height)
         if self.max_size is not None and long * size / short > self.max_size:
