@@ -14,7 +14,7 @@ from torch import nn
 from detrdistill.config import ConfigError, RunConfig
 from detrdistill.losses.assignment import AssignmentDistillation
 from detrdistill.losses.detection import DetectionLoss
-from detrdistill.losses.features import FeatureDistillation, class_scores, matched_iou, max_iou, quality_scores
+from detrdistill.losses.features import FeatureDistillation, class_scores
 from detrdistill.losses.logits import LogitsDistillation, stage_mapping
 from detrdistill.matching import HungarianMatcher
 from detrdistill.models.adapters import adapter_for
@@ -109,20 +109,17 @@ class DETRDistillObjective:
             terms.update({name: cfg.lambda_ld * value for name, value in logits_terms.items()})
 
         if cfg.features.enabled:
+            features = self.heads.features
             with torch.no_grad():
                 scores = class_scores(teacher.logits[-1], self.teacher_adapter.class_head)
-                quality = quality_scores(
-                    scores, matched_iou(teacher.boxes_cxcywh[-1], targets, teacher_gt[-1]), cfg.features.gamma
-                )
-                release_weights = scores * max_iou(teacher.boxes_cxcywh[-1], targets)
+                query_weights = features.query_weights(scores, teacher.boxes_cxcywh[-1], targets, teacher_gt[-1])
             use_input = cfg.features.features == "encoder_input"
-            terms["fd"] = cfg.lambda_fd * self.heads.features(
+            terms["fd"] = cfg.lambda_fd * features(
                 student.encoder_inputs if use_input else student.features,
                 teacher.encoder_inputs if use_input else teacher.features,
                 teacher.feature_masks,
                 teacher.decoder_hidden[-1],
-                quality,
-                release_weights,
+                query_weights,
             )
 
         if cfg.assignment.enabled:

@@ -59,10 +59,10 @@ def test_quality_score_hand_values_and_matched_iou():
 def test_loss_is_zero_for_equal_features_and_positive_otherwise(mask):
     features, valid, queries = _scene()
     distillation = FeatureDistillation(FeatureDistillConfig(mask=mask), DIM, DIM, num_student_levels=1)
-    quality, weights = torch.tensor([[0.8, 0.1]]), torch.tensor([[0.8, 0.1]])
-    assert distillation([features], [features], [valid], queries, quality, weights).item() == 0.0
+    weights = torch.tensor([[0.8, 0.1]])
+    assert distillation([features], [features], [valid], queries, weights).item() == 0.0
     student = (features + 0.5).requires_grad_()
-    loss = distillation([student], [features], [valid], queries, quality, weights)
+    loss = distillation([student], [features], [valid], queries, weights)
     loss.backward()
     assert loss.item() > 0 and student.grad.abs().sum() > 0
     assert student.grad[0, :, :, 7].abs().sum() == 0  # padding carries no loss
@@ -76,10 +76,10 @@ def test_quality_weighting_ignores_zero_quality_queries_and_vanilla_does_not():
     zero_q0 = torch.tensor([[0.0, 1.0]])
     quality = FeatureDistillation(FeatureDistillConfig(mask="quality"), DIM, DIM, 1)
     vanilla = FeatureDistillation(FeatureDistillConfig(mask="vanilla"), DIM, DIM, 1)
-    ignored = quality([student], [features], [valid], queries, zero_q0, zero_q0).item()
-    attended = quality([student], [features], [valid], queries, torch.tensor([[1.0, 0.0]]), zero_q0).item()
+    ignored = quality([student], [features], [valid], queries, zero_q0).item()
+    attended = quality([student], [features], [valid], queries, torch.tensor([[1.0, 0.0]])).item()
     assert attended > 30 * ignored  # query 1 spreads its weight evenly, object included
-    assert vanilla([student], [features], [valid], queries, zero_q0, zero_q0).item() > 10 * ignored
+    assert vanilla([student], [features], [valid], queries, None).item() > 10 * ignored
 
 
 def test_projection_when_widths_differ_and_levels_pair_by_size():
@@ -89,7 +89,7 @@ def test_projection_when_widths_differ_and_levels_pair_by_size():
     assert pair_levels([(8, 8), (4, 4), (2, 2)], [(8, 8)]) == [0, 0, 0]
     features, valid, queries = _scene()
     students = [torch.randn(1, 8, 8, 8), torch.randn(1, 8, 4, 4)]
-    loss = distillation(students, [features], [valid], queries, torch.ones(1, 2), torch.ones(1, 2))
+    loss = distillation(students, [features], [valid], queries, torch.ones(1, 2))
     loss.backward()
     assert all(p.grad is not None for p in distillation.parameters())
 

@@ -139,21 +139,30 @@ class FeatureDistillation(nn.Module):
             for _ in range(num_student_levels)
         )
 
+    def query_weights(self, scores: torch.Tensor, boxes_cxcywh: torch.Tensor, targets: list[dict],
+                      gt_indices: MatchIndices) -> torch.Tensor | None:
+        """Each teacher query's weight for this mask type: [B, M] from the teacher's top class
+        probabilities [B, M], boxes [B, M, 4] and its own match to GT; None for "vanilla"."""
+        if self.config.mask == "quality":
+            return quality_scores(scores, matched_iou(boxes_cxcywh, targets, gt_indices), self.config.gamma)
+        if self.config.mask == "release":
+            return scores * max_iou(boxes_cxcywh, targets)
+        return None
+
     def weight_maps(
-        self, features: torch.Tensor, valid: torch.Tensor, queries: torch.Tensor, quality: torch.Tensor,
-        release_weights: torch.Tensor,
+        self, features: torch.Tensor, valid: torch.Tensor, queries: torch.Tensor, query_weights: torch.Tensor | None
     ) -> torch.Tensor:
         """Per-pixel weight w on ||F^T - phi(F^S)||^2 for one teacher level: [B, H, W].
 
-        quality: [B, M] q_i; release_weights: [B, M] score * max-IoU.
+        query_weights: [B, M] from ``query_weights`` (unused by the vanilla mask).
         """
         if self.config.mask == "release":
-            return release_mask(features, valid, queries, release_weights) ** 2
+            return release_mask(features, valid, queries, query_weights) ** 2
         masks = query_masks(features, valid, queries)
         if self.config.mask == "vanilla":
             return masks.mean(1) ** 2
         # sum_i q_i / M * psi_i^2: eq. 8's per-query squared masks folded into one map.
-        return (quality[:, :, None, None] * masks**2).mean(1)
+        return (query_weights[:, :, None, None] * masks**2).mean(1)
 
     def forward(
         self,
@@ -161,12 +170,11 @@ class FeatureDistillation(nn.Module):
         teacher_features: list[torch.Tensor],
         teacher_valid: list[torch.Tensor],
         teacher_queries: torch.Tensor,
-        quality: torch.Tensor,
-        release_weights: torch.Tensor,
+        query_weights: torch.Tensor | None,
     ) -> torch.Tensor:
         """student_features per level [B, D_S, H, W]; teacher_features per level [B, D_T, H', W']
-        with validity masks [B, H', W']; teacher_queries [B, M, D_T]; quality, release_weights
-        [B, M]. Returns the scalar loss, summed over student levels, averaged over images."""
+        with validity masks [B, H', W']; teacher_queries [B, M, D_T]; query_weights [B, M] (see
+        ``query_weights``). Returns the scalar loss, summed over student levels, averaged over images."""
         teacher_shapes = [tuple(f.shape[-2:]) for f in teacher_features]
         student_shapes = [tuple(f.shape[-2:]) for f in student_features]
         loss = student_features[0].sum() * 0.0
@@ -175,7 +183,7 @@ class FeatureDistillation(nn.Module):
             with torch.no_grad():
                 teacher = _align(teacher_features[teacher_level], size)
                 valid = _align(teacher_valid[teacher_level][:, None].float(), size)[:, 0] > 0.5
-                weight = self.weight_maps(teacher, valid, teacher_queries, quality, release_weights)
+                weight = self.weight_maps(teacher, valid, teacher_queries, query_weights)
             difference = (teacher - self.projections[level](student_features[level])) ** 2
             num_valid = valid.flatten(1).sum(-1).clamp(min=1)
             per_image = (weight[:, None] * difference).flatten(1).sum(-1) / (num_valid * teacher.shape[1])
