@@ -22,7 +22,7 @@ def solve_each(costs: list[torch.Tensor]) -> MatchIndices:
     """
     indices = []
     for cost in costs:
-        cost = torch.nan_to_num(cost.detach().float(), nan=1e8, posinf=1e8, neginf=-1e8).cpu()
+        cost = torch.nan_to_num(cost.detach().float(), nan=1e8, posinf=1e8, neginf=1e8).cpu()
         rows, cols = linear_sum_assignment(cost.numpy())
         indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
     return indices
