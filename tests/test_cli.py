@@ -99,24 +99,16 @@ def config_file(tmp_path_factory):
     return path
 
 
+def train_coco2017_layout(config, root, out) -> int:
+    """``detrdistill train`` on a COCO 2017-style directory (splits train2017 / val2017)."""
+    return main(["train", "--config", str(config), "--data", str(root), "--out", str(out),
+                 "--train-split", "train2017", "--val-split", "val2017"])
+
+
 @pytest.fixture(scope="module")
 def trained_run(foreign_root, config_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli_runs") / "foreign"
-    code = main(
-        [
-            "train",
-            "--config",
-            str(config_file),
-            "--data",
-            str(foreign_root),
-            "--out",
-            str(out),
-            "--train-split",
-            "train2017",
-            "--val-split",
-            "val2017",
-        ]
-    )
+    code = train_coco2017_layout(config_file, foreign_root, out)
     assert code == 0
     return out
 
@@ -192,21 +184,7 @@ def test_eval_on_a_foreign_coco_directory(trained_run, foreign_root, tmp_path, c
 def test_unknown_config_field_is_reported(tmp_path, foreign_root, capsys):
     config = tmp_path / "bad.yaml"
     config.write_text(TINY_YAML.replace("  log_every: 1\n", "  log_evry: 1\n"))
-    code = main(
-        [
-            "train",
-            "--config",
-            str(config),
-            "--data",
-            str(foreign_root),
-            "--out",
-            str(tmp_path / "run"),
-            "--train-split",
-            "train2017",
-            "--val-split",
-            "val2017",
-        ]
-    )
+    code = train_coco2017_layout(config, foreign_root, tmp_path / "run")
     assert code == 2
     err = capsys.readouterr().err
     assert "log_evry" in err and "train" in err
@@ -219,21 +197,7 @@ def test_corrupt_annotation_file_is_reported(tmp_path, config_file, capsys):
     write_foreign_coco(root, "val2017", num_images=4, first_id=50)
     annotation_file = root / "annotations" / "instances_train2017.json"
     annotation_file.write_text(annotation_file.read_text()[:-40])
-    code = main(
-        [
-            "train",
-            "--config",
-            str(config_file),
-            "--data",
-            str(root),
-            "--out",
-            str(tmp_path / "run"),
-            "--train-split",
-            "train2017",
-            "--val-split",
-            "val2017",
-        ]
-    )
+    code = train_coco2017_layout(config_file, root, tmp_path / "run")
     assert code == 2
     err = capsys.readouterr().err
     assert "instances_train2017.json" in err and "not valid JSON" in err
