@@ -96,9 +96,13 @@ class DETRDistillObjective:
                 self.teacher_matcher(teacher.logits[k], teacher.boxes_cxcywh[k], targets)
                 for k in range(teacher.num_stages)
             ]
-        student = self.student_adapter(pixel_values, pixel_mask)
-        terms, _ = self.criterion(student.logits, student.boxes_cxcywh, targets)
         cfg = self.config
+        if cfg.assignment.enabled:
+            prior_queries = self.heads.assignment.prior_queries(teacher.query_embeddings)
+            student, prior_group = self.student_adapter.forward_with_group(pixel_values, pixel_mask, prior_queries)
+        else:
+            student = self.student_adapter(pixel_values, pixel_mask)
+        terms, _ = self.criterion(student.logits, student.boxes_cxcywh, targets)
         student_head = self.student_adapter.class_head
 
         if cfg.logits.enabled:
@@ -124,9 +128,6 @@ class DETRDistillObjective:
 
         if cfg.assignment.enabled:
             stage_map = stage_mapping(student.num_stages, teacher.num_stages, progressive=True)
-            assignment_terms = self.heads.assignment(
-                self.student_adapter, student, teacher.query_embeddings, teacher_gt, stage_map, targets,
-                self.criterion,
-            )
+            assignment_terms = self.heads.assignment(prior_group, teacher_gt, stage_map, targets, self.criterion)
             terms.update({name: cfg.lambda_ad * value for name, value in assignment_terms.items()})
         return terms

@@ -7,6 +7,7 @@ from transformers import AutoModelForObjectDetection, ResNetBackbone
 
 from detrdistill.config import BackboneConfig
 from detrdistill.models.adapters import adapter_for
+from detrdistill.models.adapters import base as adapter_base
 from detrdistill.models.build import (
     backbone_module,
     load_backbone_weights,
@@ -144,6 +145,42 @@ def test_decode_other_queries_shapes_and_gradients(family, tiny_detector):
     for weight in (decoder_weight, encoder_weight):
         assert weight.grad is not None and weight.grad.abs().sum() > 0
     assert queries.grad is not None and queries.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_query_group_in_the_same_pass_equals_a_separate_decoder_pass(family, tiny_detector):
+    model = tiny_detector(family, perturb=PERTURB).eval()
+    adapter = adapter_for(model)
+    query_width = adapter.learned_queries().shape[1]
+    queries = torch.randn(7, query_width, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        alone = adapter(*padded_batch())
+        separate = adapter.decode(alone, queries)
+        record, group = adapter.forward_with_group(*padded_batch(), queries)
+    # The mask keeps the groups apart: neither group changes what the other computes.
+    for name in ("logits", "boxes_cxcywh", "decoder_hidden"):
+        torch.testing.assert_close(getattr(record, name), getattr(alone, name), atol=1e-5, rtol=0)
+        torch.testing.assert_close(getattr(group, name), getattr(separate, name), atol=1e-5, rtol=0)
+    assert record.decoder_inputs.keys() == alone.decoder_inputs.keys()
+
+
+def test_without_the_group_mask_the_groups_would_interact(tiny_detector, monkeypatch):
+    """Guards the test above: a shared pass with no mask gives the own queries other outputs."""
+    model = tiny_detector("conditional_detr", perturb=PERTURB).eval()
+    adapter = adapter_for(model)
+    queries = torch.randn(7, D_MODEL, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        alone = adapter(*padded_batch())
+        monkeypatch.setattr(adapter_base, "group_attention_mask", lambda sizes, dtype, device: None)
+        record, _ = adapter.forward_with_group(*padded_batch(), queries)
+    assert not torch.allclose(record.boxes_cxcywh, alone.boxes_cxcywh, atol=1e-4)
+
+
+def test_group_attention_mask_blocks_across_groups_only():
+    mask = adapter_base.group_attention_mask([2, 1], torch.float32, torch.device("cpu"))
+    blocked = mask[0, 0] < -1e30
+    assert blocked.tolist() == [[False, False, True], [False, False, True], [True, True, False]]
+    assert mask[0, 0][~blocked].eq(0).all()
 
 
 @pytest.mark.parametrize("family", FAMILIES)

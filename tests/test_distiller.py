@@ -103,7 +103,6 @@ def test_assignment_distillation_uses_the_teachers_assignment_not_a_fresh_match(
     teacher, student = tiny_pair("conditional_detr", "conditional_detr")
     student_adapter, teacher_adapter = adapter_for(student), adapter_for(teacher)
     data = batch()
-    record = student_adapter(data["pixel_values"], data["pixel_mask"])
     criterion = DetectionLoss(RunConfig().loss, 3, "sigmoid")
     teacher_queries = teacher_adapter.learned_queries()
     assignment = AssignmentDistillation(teacher_queries.shape[1], student_adapter.learned_queries().shape[1])
@@ -116,10 +115,12 @@ def test_assignment_distillation_uses_the_teachers_assignment_not_a_fresh_match(
         raise AssertionError("assignment distillation must not match afresh")
 
     fresh_matcher, criterion.matcher = criterion.matcher, no_fresh_match
-    terms = assignment(student_adapter, record, teacher_queries, teacher_gt, [0, 1, 2], data["labels"], criterion)
+    _, decoded = student_adapter.forward_with_group(
+        data["pixel_values"], data["pixel_mask"], assignment.prior_queries(teacher_queries)
+    )
+    terms = assignment(decoded, teacher_gt, [0, 1, 2], data["labels"], criterion)
     assert set(terms) == {"ad_cls", "ad_bbox", "ad_giou"}
 
-    decoded = student_adapter.decode(record, assignment.query_map(teacher_queries))
     expected, _ = criterion(decoded.logits, decoded.boxes_cxcywh, data["labels"], indices=teacher_gt)
     assert terms["ad_bbox"].item() == pytest.approx(expected["det_bbox"].item(), rel=1e-5)
     criterion.matcher = fresh_matcher

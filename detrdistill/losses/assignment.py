@@ -1,8 +1,9 @@
 """Query-prior assignment distillation (paper section 4.3, eq. 9).
 
 The teacher's learned queries run through the student's decoder as an extra group, on the
-student's own encoder output and in a separate decoder pass (so the two groups never attend
-to each other). That group is trained with the ordinary detection loss against the ground
+student's own encoder output, in the same decoder pass as the student's own queries behind a
+block-diagonal self-attention mask (so the two groups never attend to each other; see the
+adapters' ``forward_with_group``). That group is trained with the ordinary detection loss against the ground
 truth, but with the teacher's stable stage-wise assignment (teacher query i <-> GT j)
 instead of a fresh Hungarian match. A learnable linear map takes teacher queries to the
 student's query width when they differ. Training only: the saved student uses its own
@@ -16,8 +17,7 @@ from torch import nn
 
 from detrdistill.losses.detection import DetectionLoss
 from detrdistill.matching import MatchIndices
-from detrdistill.models.adapters.base import DetrAdapter
-from detrdistill.models.record import DetrRecord
+from detrdistill.models.record import DecodedQueries
 
 
 class AssignmentDistillation(nn.Module):
@@ -35,19 +35,21 @@ class AssignmentDistillation(nn.Module):
             else nn.Identity()
         )
 
+    def prior_queries(self, teacher_queries: torch.Tensor) -> torch.Tensor:
+        """[M, D_qT] frozen teacher queries -> [M, D_qS] the student decoder's extra group."""
+        return self.query_map(teacher_queries.detach())
+
     def forward(
         self,
-        student: DetrAdapter,
-        student_record: DetrRecord,
-        teacher_queries: torch.Tensor,
+        decoded: DecodedQueries,
         teacher_gt_indices: list[MatchIndices],
         stage_map: list[int],
         targets: list[dict],
         criterion: DetectionLoss,
     ) -> dict[str, torch.Tensor]:
-        """teacher_queries [M, D_qT] (frozen); teacher_gt_indices: the teacher's match to GT at
-        each teacher stage; stage_map: teacher stage for each student stage."""
-        decoded = student.decode(student_record, self.query_map(teacher_queries.detach()))
+        """decoded: the student decoder's outputs for ``prior_queries`` [K_S, B, M, ...];
+        teacher_gt_indices: the teacher's match to GT at each teacher stage; stage_map: teacher
+        stage for each student stage."""
         indices = [teacher_gt_indices[teacher_stage] for teacher_stage in stage_map]
         terms, _ = criterion(decoded.logits, decoded.boxes_cxcywh, targets, indices=indices)
         return {name.replace("det_", "ad_"): value for name, value in terms.items()}

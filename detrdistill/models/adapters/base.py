@@ -1,14 +1,18 @@
 """What every family adapter provides, and the hook plumbing they share.
 
 An adapter wraps a transformers ``...ForObjectDetection`` model (it owns no parameters of
-its own) and turns one forward pass into a ``DetrRecord``. It also re-runs the decoder on
-the encoder output of that pass with another set of queries (``decode``), by replaying the
-decoder's captured keyword arguments with the query arguments replaced.
+its own) and turns one forward pass into a ``DetrRecord``. It also runs the decoder with
+another set of queries: after the pass (``decode``, by replaying the decoder's captured
+keyword arguments with the query arguments replaced), or inside the same pass as a second
+query group that a block-diagonal self-attention mask keeps apart from the model's own
+queries (``forward_with_group``, what assignment distillation trains with: one decoder
+pass instead of two).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any
 
 import torch
@@ -44,6 +48,62 @@ def capture_outputs(modules: list[nn.Module], into: list[torch.Tensor]):
     finally:
         for handle in handles:
             handle.remove()
+
+
+def group_attention_mask(group_sizes: list[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[1, 1, Q, Q] additive self-attention mask (Q = sum of sizes): 0 within a group, the
+    dtype's most negative value across groups, so no query attends outside its group."""
+    group_of = torch.repeat_interleave(torch.arange(len(group_sizes), device=device),
+                                       torch.tensor(group_sizes, device=device))
+    apart = group_of[:, None] != group_of[None, :]
+    return torch.zeros(apart.shape, dtype=dtype, device=device).masked_fill(apart, torch.finfo(dtype).min)[None, None]
+
+
+@contextlib.contextmanager
+def query_groups_kept_apart(self_attentions: list[nn.Module], group_sizes: list[int]):
+    """During the block, each decoder self-attention gets ``group_attention_mask``.
+
+    Every family here calls its decoder self-attention with an ``attention_mask`` keyword
+    (None for object queries, which are never padded), so replacing it is enough.
+    """
+
+    def hook(_module, args, kwargs):
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        kwargs["attention_mask"] = group_attention_mask(group_sizes, hidden.dtype, hidden.device)
+        return args, kwargs
+
+    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in self_attentions]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def extend_call_kwargs(module: nn.Module, extend):
+    """During the block, ``module`` is called with ``extend(kwargs)`` instead of its kwargs."""
+    handle = module.register_forward_pre_hook(lambda _m, args, kwargs: (args, extend(kwargs)), with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def split_group(record: DetrRecord, own_queries: int) -> tuple[DetrRecord, DecodedQueries]:
+    """A record of a grouped pass [K, B, Q + Q', ...] -> (the model's own record, the extra group)."""
+    own = dataclasses.replace(
+        record,
+        logits=record.logits[:, :, :own_queries],
+        boxes_cxcywh=record.boxes_cxcywh[:, :, :own_queries],
+        decoder_hidden=record.decoder_hidden[:, :, :own_queries],
+    )
+    group = DecodedQueries(
+        logits=record.logits[:, :, own_queries:],
+        boxes_cxcywh=record.boxes_cxcywh[:, :, own_queries:],
+        decoder_hidden=record.decoder_hidden[:, :, own_queries:],
+    )
+    return own, group
 
 
 def split_levels(flat: torch.Tensor, level_shapes: list[tuple[int, int]]) -> list[torch.Tensor]:
@@ -108,3 +168,14 @@ class DetrAdapter:
         output, never to the model's own queries (it is a separate decoder pass).
         """
         raise NotImplementedError
+
+    def forward_with_group(
+        self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, queries: torch.Tensor
+    ) -> tuple[DetrRecord, DecodedQueries]:
+        """The record of a forward pass, plus ``decode(record, queries)``.
+
+        This default runs the decoder twice; families whose decoder takes the extra group
+        in the same pass (behind a block-diagonal self-attention mask) override it.
+        """
+        record = self(pixel_values, pixel_mask)
+        return record, self.decode(record, queries)

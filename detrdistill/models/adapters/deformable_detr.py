@@ -8,10 +8,20 @@ model's own linear layer applied to the position half.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from transformers.models.deformable_detr.modeling_deformable_detr import inverse_sigmoid
 
-from detrdistill.models.adapters.base import DetrAdapter, capture_call_kwargs, split_levels, split_mask_levels
+from detrdistill.models.adapters.base import (
+    DetrAdapter,
+    capture_call_kwargs,
+    extend_call_kwargs,
+    query_groups_kept_apart,
+    split_group,
+    split_levels,
+    split_mask_levels,
+)
 from detrdistill.models.record import DecodedQueries, DetrRecord
 
 
@@ -49,14 +59,52 @@ class DeformableDetrAdapter(DetrAdapter):
             boxes.append(delta.sigmoid())
         return torch.stack(logits), torch.stack(boxes)
 
+    def _group_inputs(self, queries: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """queries [Q', 2D] -> content [B, Q', D], position [B, Q', D], reference points [B, Q', 2]."""
+        position, content = torch.split(queries, self.d_model, dim=1)
+        position = position.unsqueeze(0).expand(batch, -1, -1)
+        reference = self.model.model.reference_points(position).sigmoid()
+        return content.unsqueeze(0).expand(batch, -1, -1), position, reference
+
     def __call__(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> DetrRecord:
+        return self._forward(pixel_values, pixel_mask, None)
+
+    def forward_with_group(
+        self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, queries: torch.Tensor
+    ) -> tuple[DetrRecord, DecodedQueries]:
+        return split_group(self._forward(pixel_values, pixel_mask, queries), self.config.num_queries)
+
+    def _forward(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, group: torch.Tensor | None) -> DetrRecord:
+        """One pass; with ``group`` [Q', 2D] its queries follow the model's own in every stage."""
         inner = self.model.model
-        encoder_kwargs, decoder_kwargs = {}, {}
-        with capture_call_kwargs(inner.encoder, encoder_kwargs), capture_call_kwargs(inner.decoder, decoder_kwargs):
+        encoder_kwargs, decoder_kwargs, group_reference = {}, {}, []
+
+        def append_group(kwargs: dict) -> dict:
+            content, position, reference = self._group_inputs(group, kwargs["inputs_embeds"].shape[0])
+            group_reference.append(reference)
+            return {
+                **kwargs,
+                "inputs_embeds": torch.cat([kwargs["inputs_embeds"], content], 1),
+                "object_queries_position_embeddings": torch.cat(
+                    [kwargs["object_queries_position_embeddings"], position], 1
+                ),
+                "reference_points": torch.cat([kwargs["reference_points"], reference], 1),
+            }
+
+        with contextlib.ExitStack() as stack:
+            # Capture first: the record keeps the decoder's own arguments, without the group.
+            stack.enter_context(capture_call_kwargs(inner.encoder, encoder_kwargs))
+            stack.enter_context(capture_call_kwargs(inner.decoder, decoder_kwargs))
+            if group is not None:
+                stack.enter_context(extend_call_kwargs(inner.decoder, append_group))
+                sizes = [self.config.num_queries, group.shape[0]]
+                stack.enter_context(query_groups_kept_apart([layer.self_attn for layer in inner.decoder.layers], sizes))
             output = inner(pixel_values=pixel_values, pixel_mask=pixel_mask)
         level_shapes = [tuple(s) for s in decoder_kwargs["spatial_shapes_list"]]
         logits, boxes = self._heads(
-            output.intermediate_hidden_states, output.init_reference_points, output.intermediate_reference_points
+            output.intermediate_hidden_states,
+            torch.cat([output.init_reference_points, *group_reference], 1),
+            output.intermediate_reference_points,
         )
         return DetrRecord(
             logits=logits,
@@ -71,16 +119,9 @@ class DeformableDetrAdapter(DetrAdapter):
         )
 
     def decode(self, record: DetrRecord, queries: torch.Tensor) -> DecodedQueries:
-        batch = record.logits.shape[1]
-        position, content = torch.split(queries, self.d_model, dim=1)
-        position = position.unsqueeze(0).expand(batch, -1, -1)
-        reference = self.model.model.reference_points(position).sigmoid()
+        content, position, reference = self._group_inputs(queries, record.logits.shape[1])
         kwargs = dict(record.decoder_inputs)
-        kwargs.update(
-            inputs_embeds=content.unsqueeze(0).expand(batch, -1, -1),
-            object_queries_position_embeddings=position,
-            reference_points=reference,
-        )
+        kwargs.update(inputs_embeds=content, object_queries_position_embeddings=position, reference_points=reference)
         output = self.model.model.decoder(**kwargs)
         logits, boxes = self._heads(
             output.intermediate_hidden_states, reference, output.intermediate_reference_points

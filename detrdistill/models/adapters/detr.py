@@ -5,9 +5,18 @@ Also the base of the Conditional DETR adapter, which differs only in its box hea
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-from detrdistill.models.adapters.base import DetrAdapter, capture_call_kwargs, capture_outputs
+from detrdistill.models.adapters.base import (
+    DetrAdapter,
+    capture_call_kwargs,
+    capture_outputs,
+    extend_call_kwargs,
+    query_groups_kept_apart,
+    split_group,
+)
 from detrdistill.models.record import DecodedQueries, DetrRecord
 
 
@@ -31,14 +40,39 @@ class DetrFamilyAdapter(DetrAdapter):
         return self.model.class_labels_classifier(hidden), self.model.bbox_predictor(hidden).sigmoid()
 
     def __call__(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> DetrRecord:
+        return self._forward(pixel_values, pixel_mask, None)
+
+    def forward_with_group(
+        self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, queries: torch.Tensor
+    ) -> tuple[DetrRecord, DecodedQueries]:
+        return split_group(self._forward(pixel_values, pixel_mask, queries), self.config.num_queries)
+
+    def _forward(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, group: torch.Tensor | None) -> DetrRecord:
+        """One pass; with ``group`` [Q', D] its queries follow the model's own in every stage."""
         inner = self.model.model
         encoder_kwargs, decoder_kwargs, layer_outputs, projected = {}, {}, [], []
-        with (
-            capture_call_kwargs(inner.encoder, encoder_kwargs),
-            capture_call_kwargs(inner.decoder, decoder_kwargs),
-            capture_outputs(list(inner.decoder.layers), layer_outputs),
-            capture_outputs([inner.input_projection], projected),
-        ):
+
+        def append_group(kwargs: dict) -> dict:
+            position = group.unsqueeze(0).expand(kwargs["inputs_embeds"].shape[0], -1, -1)
+            return {
+                **kwargs,
+                "inputs_embeds": torch.cat([kwargs["inputs_embeds"], torch.zeros_like(position)], 1),
+                "object_queries_position_embeddings": torch.cat(
+                    [kwargs["object_queries_position_embeddings"], position], 1
+                ),
+                "attention_mask": None,
+            }
+
+        with contextlib.ExitStack() as stack:
+            # Capture first: the record keeps the decoder's own arguments, without the group.
+            stack.enter_context(capture_call_kwargs(inner.encoder, encoder_kwargs))
+            stack.enter_context(capture_call_kwargs(inner.decoder, decoder_kwargs))
+            stack.enter_context(capture_outputs(list(inner.decoder.layers), layer_outputs))
+            stack.enter_context(capture_outputs([inner.input_projection], projected))
+            if group is not None:
+                stack.enter_context(extend_call_kwargs(inner.decoder, append_group))
+                sizes = [self.config.num_queries, group.shape[0]]
+                stack.enter_context(query_groups_kept_apart([layer.self_attn for layer in inner.decoder.layers], sizes))
             output = inner(pixel_values=pixel_values, pixel_mask=pixel_mask)
         batch, width, height_l, width_l = projected[0].shape
         hidden = self._stage_hidden(layer_outputs, output.last_hidden_state)
