@@ -13,20 +13,25 @@ from torch import nn
 
 from detrdistill.config import ConfigError, RunConfig
 from detrdistill.losses.assignment import AssignmentDistillation
+from detrdistill.losses.baselines import build_baseline
 from detrdistill.losses.detection import DetectionLoss
 from detrdistill.losses.features import FeatureDistillation, class_scores
 from detrdistill.losses.logits import LogitsDistillation, stage_mapping
 from detrdistill.matching import HungarianMatcher
 from detrdistill.models.adapters import adapter_for
+from detrdistill.training.precision import autocast, record_in_float32
 
 
 class DistillHeads(nn.Module):
-    """The distiller's own trainable layers: FD's adaptation convs and AD's query map."""
+    """The distiller's own trainable layers: FD's adaptation convs, AD's query map and a
+    comparison baseline's layers (adapters, MGD generators, FGD GcBlocks)."""
 
-    def __init__(self, features: FeatureDistillation | None, assignment: AssignmentDistillation | None):
+    def __init__(self, features: FeatureDistillation | None, assignment: AssignmentDistillation | None,
+                 baseline: nn.Module | None = None):
         super().__init__()
         self.features = features
         self.assignment = assignment
+        self.baseline = baseline
 
 
 def teacher_logits_for(student_head: str, teacher_logits: torch.Tensor, teacher_head: str) -> torch.Tensor:
@@ -82,7 +87,11 @@ class DETRDistillObjective:
             assignment = AssignmentDistillation(
                 self.teacher_adapter.learned_queries().shape[1], self.student_adapter.learned_queries().shape[1]
             )
-        self.heads = DistillHeads(features, assignment)
+        baseline = build_baseline(
+            self.config.baseline, self.student_adapter.d_model, self.teacher_adapter.d_model,
+            self.student_adapter.num_feature_levels,
+        )
+        self.heads = DistillHeads(features, assignment, baseline)
 
     @property
     def modules(self) -> dict[str, nn.Module]:
@@ -91,10 +100,14 @@ class DETRDistillObjective:
     def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
         pixel_values, pixel_mask, targets = batch["pixel_values"], batch["pixel_mask"], batch["labels"]
         with torch.no_grad():
-            teacher = self.teacher_adapter(pixel_values, pixel_mask)
+            with autocast(self.config.teacher_precision, pixel_values.device, "distill.teacher_precision"):
+                teacher = self.teacher_adapter(pixel_values, pixel_mask)
+            teacher = record_in_float32(teacher)  # matching and losses read float32
+            # The teacher's own match to GT feeds LD, FD and AD only; a baseline-only run skips it.
+            needs_match = self.config.logits.enabled or self.config.features.enabled or self.config.assignment.enabled
             teacher_gt = [
                 self.teacher_matcher(teacher.logits[k], teacher.boxes_cxcywh[k], targets)
-                for k in range(teacher.num_stages)
+                for k in range(teacher.num_stages if needs_match else 0)
             ]
         cfg = self.config
         if cfg.assignment.enabled:
@@ -102,7 +115,7 @@ class DETRDistillObjective:
             student, prior_group = self.student_adapter.forward_with_group(pixel_values, pixel_mask, prior_queries)
         else:
             student = self.student_adapter(pixel_values, pixel_mask)
-        terms, _ = self.criterion(student.logits, student.boxes_cxcywh, targets)
+        terms, _ = self.criterion(student.logits, student.boxes_cxcywh, targets, num_boxes=batch.get("num_boxes"))
         student_head = self.student_adapter.class_head
 
         if cfg.logits.enabled:
@@ -128,6 +141,17 @@ class DETRDistillObjective:
 
         if cfg.assignment.enabled:
             stage_map = stage_mapping(student.num_stages, teacher.num_stages, progressive=True)
-            assignment_terms = self.heads.assignment(prior_group, teacher_gt, stage_map, targets, self.criterion)
+            assignment_terms = self.heads.assignment(
+                prior_group, teacher_gt, stage_map, targets, self.criterion, batch.get("num_boxes")
+            )
             terms.update({name: cfg.lambda_ad * value for name, value in assignment_terms.items()})
+
+        if self.heads.baseline is not None:  # a comparison baseline (losses/baselines/), kd_<method>
+            use_input = cfg.baseline.features == "encoder_input"
+            terms[f"kd_{cfg.baseline.method}"] = cfg.baseline.resolved_weight() * self.heads.baseline(
+                student.encoder_inputs if use_input else student.features,
+                teacher.encoder_inputs if use_input else teacher.features,
+                student.feature_masks,
+                targets,
+            )
         return terms

@@ -18,6 +18,7 @@ def predict(
 ) -> tuple[list[dict], list[int]]:
     """COCO result dicts for the first ``max_images`` images (all when None), and their ids."""
     adapter = adapter_for(model)
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     indices = range(len(dataset) if max_images is None else min(max_images, len(dataset)))
@@ -28,7 +29,7 @@ def predict(
     )
     results, image_ids = [], []
     for batch in tqdm(loader, desc="evaluating", leave=False, disable=not progress):
-        output = model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"])
+        output = model(pixel_values=batch["pixel_values"].to(device), pixel_mask=batch["pixel_mask"].to(device))
         results += predictions_to_coco(
             output.logits,
             output.pred_boxes,

@@ -46,10 +46,11 @@ class AssignmentDistillation(nn.Module):
         stage_map: list[int],
         targets: list[dict],
         criterion: DetectionLoss,
+        num_boxes: float | None = None,
     ) -> dict[str, torch.Tensor]:
         """decoded: the student decoder's outputs for ``prior_queries`` [K_S, B, M, ...];
         teacher_gt_indices: the teacher's match to GT at each teacher stage; stage_map: teacher
-        stage for each student stage."""
+        stage for each student stage; num_boxes: as the student's detection loss (see DetectionLoss)."""
         indices = [teacher_gt_indices[teacher_stage] for teacher_stage in stage_map]
-        terms, _ = criterion(decoded.logits, decoded.boxes_cxcywh, targets, indices=indices)
+        terms, _ = criterion(decoded.logits, decoded.boxes_cxcywh, targets, indices=indices, num_boxes=num_boxes)
         return {name.replace("det_", "ad_"): value for name, value in terms.items()}

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from detrdistill.box_ops import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
 from detrdistill.config import LossConfig
 from detrdistill.matching import HungarianMatcher, MatchIndices
+from detrdistill.training.distributed import mean_over_processes
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
@@ -59,7 +60,10 @@ class DetectionLoss:
         if self.class_head == "softmax":
             weight = torch.ones(self.num_classes + 1, device=logits.device)
             weight[-1] = self.config.eos_coef
-            return F.cross_entropy(logits.transpose(1, 2), target_classes, weight)
+            # F.cross_entropy's weighted mean, sum(w_i l_i) / sum(w_i), with the sum of weights
+            # averaged over processes like num_boxes (the same value in one process).
+            weighted = F.cross_entropy(logits.transpose(1, 2), target_classes, weight, reduction="none")
+            return weighted.sum() / mean_over_processes(weight[target_classes].sum())
         onehot = F.one_hot(target_classes, self.num_classes + 1)[..., :-1].to(logits.dtype)
         focal = sigmoid_focal_loss(logits, onehot, self.config.focal_alpha, self.config.focal_gamma)
         return focal.sum() / num_boxes
@@ -89,14 +93,28 @@ class DetectionLoss:
             logits: [K, B, Q, C]; boxes_cxcywh: [K, B, Q, 4].
             targets: per image ``class_labels`` [n_i] and ``boxes`` [n_i, 4] (normalised cxcywh).
             indices: a given assignment per stage (e.g. a teacher's); None to match afresh.
-            num_boxes: normaliser (the global box count in multi-process runs); default: this batch's.
+            num_boxes: normaliser of the box and focal terms; default: the batch's box count averaged
+                over training processes (DETR's), so that DDP's gradient average equals one process
+                on all processes' images. The training loop passes its own (``box_normaliser``).
 
         Returns:
             ({"det_cls", "det_bbox", "det_giou"} weighted and summed over stages, the assignment per stage).
         """
         if num_boxes is None:
-            num_boxes = float(sum(len(t["boxes"]) for t in targets))
+            num_boxes = mean_over_processes(torch.tensor(float(sum(len(t["boxes"]) for t in targets)))).item()
         num_boxes = max(num_boxes, 1.0)
+        # Matching and losses in float32, also when the forward pass ran under autocast.
+        with torch.autocast(logits.device.type, enabled=False):
+            return self._all_stages(logits.float(), boxes_cxcywh.float(), targets, indices, num_boxes)
+
+    def _all_stages(
+        self,
+        logits: torch.Tensor,
+        boxes_cxcywh: torch.Tensor,
+        targets: list[dict],
+        indices: list[MatchIndices] | None,
+        num_boxes: float,
+    ) -> tuple[dict[str, torch.Tensor], list[MatchIndices]]:
         terms = {"det_cls": 0.0, "det_bbox": 0.0, "det_giou": 0.0}
         used_indices = []
         for stage in range(logits.shape[0]):

@@ -8,7 +8,8 @@ teacher negative need not mean background). With ``all_pairs`` (the public relea
 pair gets class and box terms, with no split.
 
 Each term is the mean over its pairs in the batch (the release normalises by the number of
-matched pairs), so the many negatives do not swamp the few positives.
+matched pairs; with several processes, pairs counted over all of them), so the many
+negatives do not swamp the few positives.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from detrdistill.box_ops import batched_generalized_box_iou, box_cxcywh_to_xyxy, elementwise_generalized_box_iou
 from detrdistill.config import LogitsDistillConfig
 from detrdistill.matching import MatchIndices, solve_each
+from detrdistill.training.distributed import mean_over_processes
 
 
 def stage_mapping(student_stages: int, teacher_stages: int, progressive: bool = True) -> list[int]:
@@ -123,6 +125,21 @@ class LogitsDistillation:
 
         Returns {"ld_pos_cls", "ld_pos_box", "ld_neg_box"} (each summed over student stages).
         """
+        # Matching and losses in float32, also when the forward pass ran under autocast.
+        with torch.autocast(student_logits.device.type, enabled=False):
+            return self._all_stages(
+                student_logits.float(), student_boxes.float(), teacher_logits.float(), teacher_boxes.float(),
+                teacher_gt_indices,
+            )
+
+    def _all_stages(
+        self,
+        student_logits: torch.Tensor,
+        student_boxes: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        teacher_boxes: torch.Tensor,
+        teacher_gt_indices: list[MatchIndices],
+    ) -> dict[str, torch.Tensor]:
         config = self.config
         zero = student_logits.sum() * 0.0
         terms = {"ld_pos_cls": zero, "ld_pos_box": zero, "ld_neg_box": zero}
@@ -160,5 +177,9 @@ class LogitsDistillation:
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of values[mask]; 0 (still in the graph) when the mask is empty."""
-    return (values * mask).sum() / mask.sum().clamp(min=1)
+    """Mean of values[mask]; 0 (still in the graph) when the mask is empty.
+
+    The pair count is averaged over training processes (like DETR's num_boxes), so that
+    DDP's gradient average is the mean over every process's pairs.
+    """
+    return (values * mask).sum() / mean_over_processes(mask.sum()).clamp(min=1)

@@ -3,10 +3,16 @@
 The loss comes from an *objective*: a callable taking a collated batch and returning a
 dict of named loss terms (summed for the backward pass). ``DetectionObjective`` is the
 plain detector; the distiller is another objective over the same loop.
+
+The same loop runs in one process or in several (``training/accelerator.py``): each
+process takes its slice of every global batch, DDP averages the gradients, and the main
+process alone logs and writes files. An optimiser step runs ``train.grad_accum_steps``
+forward/backward passes; ``train.mixed_precision`` autocasts them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -15,18 +21,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object, send_to_device
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from detrdistill.config import RunConfig, save_config
 from detrdistill.data.coco import CocoDetection
 from detrdistill.data.collate import collate_detection
-from detrdistill.inference import evaluate_model
 from detrdistill.losses.detection import DetectionLoss
 from detrdistill.models.adapters import adapter_for
-from detrdistill.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from detrdistill.training.accelerator import make_accelerator
+from detrdistill.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint
+from detrdistill.training.distributed import max_over_processes, mean_over_processes
+from detrdistill.training.evaluation import evaluate_across_processes
 from detrdistill.training.optim import build_optimizer, lr_factor, set_lr
-from detrdistill.training.sampler import ResumableBatchSampler
+from detrdistill.training.precision import autocast
+from detrdistill.training.sampler import ResumableBatchSampler, SeededAugmentation
 
 
 class DetectionObjective:
@@ -44,14 +56,41 @@ class DetectionObjective:
 
     def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
         record = self.adapter(batch["pixel_values"], batch["pixel_mask"])
-        terms, _ = self.criterion(record.logits, record.boxes_cxcywh, batch["labels"])
+        terms, _ = self.criterion(record.logits, record.boxes_cxcywh, batch["labels"], num_boxes=batch.get("num_boxes"))
         return terms
+
+
+class ObjectiveModule(nn.Module):
+    """An objective's trained modules as one ``nn.Module`` whose forward is the objective.
+
+    This is what DDP wraps: gradients are averaged over processes only for parameters of a
+    module whose forward ran through the wrapper, and a distiller's own layers train too.
+    """
+
+    def __init__(self, objective):
+        super().__init__()
+        self.trained = nn.ModuleDict(objective.modules)
+        self.objective = objective
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        return self.objective(batch)
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def box_normaliser(batches: list[dict]) -> float:
+    """DETR's ``num_boxes`` for one optimiser step of ``len(batches)`` passes in every process:
+    all ground-truth boxes of the step (over passes and processes) / (processes x passes), >= 1.
+
+    Box terms (sums over matches) divided by it, averaged over the passes and (by DDP) the
+    processes, equal those of one batch holding every image of the step.
+    """
+    local = torch.tensor(float(sum(len(target["boxes"]) for batch in batches for target in batch["labels"])))
+    return max(mean_over_processes(local).item() / len(batches), 1.0)
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
@@ -77,20 +116,30 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     extra_trainable: list[torch.nn.Module] = (),
+    accelerator: Accelerator | None = None,
 ) -> dict:
     """Train ``model`` by minimising ``objective`` and write the run directory.
 
     Writes ``config.yaml``, ``metrics.jsonl`` (one line per log step / evaluation),
     ``checkpoint.pt`` (atomic, every ``checkpoint_every`` steps and at the end),
-    ``model/`` (``save_pretrained``) and ``eval.json`` (final val AP). Returns eval.json's dict.
+    ``model/`` (``save_pretrained``) and ``eval.json`` (final val AP). Returns eval.json's
+    dict (in every process). ``accelerator``: the process setup (default: a new one).
     """
     train = config.train
     if train.steps is None and train.minutes is None:
         raise ValueError("give a budget: train.steps and/or train.minutes")
+    accelerator = accelerator or make_accelerator()
+    main, device, accum = accelerator.is_main_process, accelerator.device, train.grad_accum_steps
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path, metrics_path = out_dir / CHECKPOINT_NAME, out_dir / "metrics.jsonl"
     optimizer = build_optimizer(model, train, extra_trainable)
+    # Moves the trained modules to the device (in place: the optimiser's parameters stay
+    # valid) and, with several processes, wraps them in DDP.
+    trained = accelerator.prepare_model(ObjectiveModule(objective))
+    scaler = torch.amp.GradScaler(device.type, enabled=train.mixed_precision == "fp16")
+    # Each process draws its own dropout: the RNGs start from seed + process index.
+    torch.manual_seed(train.seed + accelerator.process_index)
 
     step, elapsed_s = 0, 0.0
     if checkpoint_path.exists():
@@ -99,11 +148,16 @@ def fit(
                 f"{out_dir} already holds a run ({CHECKPOINT_NAME}); pass --resume to continue it "
                 "or choose another --out"
             )
-        step, elapsed_s = load_checkpoint(checkpoint_path, objective.modules, optimizer)
-        _truncate_metrics(metrics_path, step)
-    elif metrics_path.exists():
+        step, elapsed_s = load_checkpoint(checkpoint_path, objective.modules, optimizer,
+                                          accelerator.process_index, accelerator.num_processes, scaler)
+        if main:
+            _truncate_metrics(metrics_path, step)
+    elif main and metrics_path.exists():
         metrics_path.unlink()
-    save_config(config, out_dir / "config.yaml")
+    if main:
+        save_config(config, out_dir / "config.yaml")
+    # Nobody writes before every process has seen whether a checkpoint was there.
+    accelerator.wait_for_everyone()
 
     budget_steps = train.steps if train.steps is not None else math.inf
     budget_s = train.minutes * 60 if train.minutes is not None else math.inf
@@ -111,11 +165,14 @@ def fit(
     def progress_fraction() -> float:
         return max(step / budget_steps, elapsed_s / budget_s)
 
-    sampler = ResumableBatchSampler(len(train_set), config.data.batch_size, train.seed, start_step=step)
+    sampler = ResumableBatchSampler(
+        len(train_set), config.data.batch_size, train.seed, start_step=step * accum,
+        num_processes=accelerator.num_processes, process_index=accelerator.process_index, augment_seeds=True,
+    )
     # A private generator: creating the loader must not draw from the global RNG, whose state
     # a resumed run restores from the checkpoint.
     loader = DataLoader(
-        train_set,
+        SeededAugmentation(train_set),
         batch_sampler=sampler,
         collate_fn=collate_detection,
         num_workers=config.data.num_workers,
@@ -125,58 +182,97 @@ def fit(
         total=train.steps if train.steps is not None else None,
         initial=step,
         desc=out_dir.name,
-        disable=not progress,
+        disable=not (progress and main),
         dynamic_ncols=True,
     )
-    model.train()
+    trained.train()
     batches = iter(loader)  # endless: the sampler never runs out
-    # Check the budget before drawing a batch: drawing runs the batch's random augmentation,
-    # and the final checkpoint must hold the RNG state from before it, or a resumed run would
-    # augment its first batch differently from an uninterrupted run.
+    # Check the budget before drawing a batch, so the final checkpoint's RNG state is the one
+    # an uninterrupted run has at that point.
     while progress_fraction() < 1.0:
-        batch = next(batches)
+        step_batches = [next(batches) for _ in range(accum)]
         started = time.perf_counter()
+        num_boxes = box_normaliser(step_batches)
         set_lr(optimizer, lr_factor(step, progress_fraction(), train))
-        terms = objective(batch)
-        loss = sum(terms.values())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}: terms {_floats(terms)}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        terms = {}
+        for index, batch in enumerate(step_batches):
+            batch = {**send_to_device(batch, device), "num_boxes": num_boxes}
+            # DDP averages gradients in the last backward pass of the step only.
+            last = index == accum - 1
+            with contextlib.nullcontext() if last else accelerator.no_sync(trained):
+                with autocast(train.mixed_precision, device):
+                    pass_terms = trained(batch)
+                loss = sum(pass_terms.values())
+                _check_finite(loss, pass_terms, step)
+                scaler.scale(loss / accum).backward()
+            for name, value in pass_terms.items():
+                terms[name] = terms.get(name, 0.0) + value.detach().float() / accum
+        scaler.unscale_(optimizer)
         if train.clip_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(
                 [p for group in optimizer.param_groups for p in group["params"]], train.clip_grad_norm
             )
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         step_s = time.perf_counter() - started
         step += 1
         elapsed_s += step_s
+        if budget_s < math.inf:
+            # Processes must agree on when the wall-clock budget ends: the slowest one decides.
+            elapsed_s = max_over_processes(torch.tensor(elapsed_s, dtype=torch.float64)).item()
         bar.update(1)
 
         if step % train.log_every == 0 or step == 1:
-            record = {"step": step, "loss": loss.item(), **_floats(terms), "lr": optimizer.param_groups[0]["lr"],
-                      "step_ms": round(step_s * 1000, 1), "elapsed_s": round(elapsed_s, 1)}
-            _append_jsonl(metrics_path, record)
-            postfix = {"loss": f"{loss.item():.3f}", **{k: f"{v:.2f}" for k, v in _floats(terms).items()}}
+            # The loss of the global batch: the mean of the processes' losses (box terms exactly).
+            logged = dict(zip(terms, mean_over_processes(torch.stack(list(terms.values()))).tolist(), strict=True))
+            loss_value = sum(logged.values())
+            if main:
+                record = {"step": step, "loss": loss_value, **logged, "lr": optimizer.param_groups[0]["lr"],
+                          "step_ms": round(step_s * 1000, 1), "elapsed_s": round(elapsed_s, 1)}
+                _append_jsonl(metrics_path, record)
+            postfix = {"loss": f"{loss_value:.3f}", **{k: f"{v:.2f}" for k, v in logged.items()}}
             if budget_s < math.inf:
                 postfix["left"] = f"{max(budget_s - elapsed_s, 0) / 60:.1f}min"
             bar.set_postfix(postfix)
         if train.eval_every and step % train.eval_every == 0:
-            metrics = evaluate_model(model, val_set, config.data.eval_batch_size, train.eval_max_images, False)
-            _append_jsonl(metrics_path, {"step": step, "elapsed_s": round(elapsed_s, 1), "eval": metrics})
-            bar.write(f"step {step}: val AP {metrics['AP']:.3f} (AP50 {metrics['AP50']:.3f})")
+            metrics = evaluate_across_processes(
+                accelerator, model, val_set, config.data.eval_batch_size, train.eval_max_images, False
+            )
+            if main:
+                _append_jsonl(metrics_path, {"step": step, "elapsed_s": round(elapsed_s, 1), "eval": metrics})
+                bar.write(f"step {step}: val AP {metrics['AP']:.3f} (AP50 {metrics['AP50']:.3f})")
         if step % train.checkpoint_every == 0:
-            save_checkpoint(checkpoint_path, objective.modules, optimizer, step, elapsed_s)
+            _save(checkpoint_path, objective, optimizer, step, elapsed_s, scaler, main)
     bar.close()
 
-    save_checkpoint(checkpoint_path, objective.modules, optimizer, step, elapsed_s)
-    model.save_pretrained(out_dir / "model")
-    metrics = evaluate_model(model, val_set, config.data.eval_batch_size, None, progress)
+    _save(checkpoint_path, objective, optimizer, step, elapsed_s, scaler, main)
+    if main:
+        model.save_pretrained(out_dir / "model")
+    metrics = evaluate_across_processes(accelerator, model, val_set, config.data.eval_batch_size, None, progress)
     result = {**metrics, "steps": step, "train_s": round(elapsed_s, 1),
               "step_ms": round(1000 * elapsed_s / max(step, 1), 1), "split": val_set.split}
-    _append_jsonl(metrics_path, {"step": step, "elapsed_s": round(elapsed_s, 1), "eval": metrics})
-    (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    if main:
+        _append_jsonl(metrics_path, {"step": step, "elapsed_s": round(elapsed_s, 1), "eval": metrics})
+        (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    accelerator.wait_for_everyone()
     return result
+
+
+def _check_finite(loss: torch.Tensor, terms: dict[str, torch.Tensor], step: int) -> None:
+    """Stop every process together when any process's loss is not finite (one process
+    raising alone would leave the others waiting in the gradient all-reduce)."""
+    not_finite = max_over_processes((~torch.isfinite(loss.detach())).float())
+    if not_finite.item():
+        where = f"{loss.item()}" if not torch.isfinite(loss) else "non-finite in another process"
+        raise FloatingPointError(f"loss became {where} at step {step}: terms {_floats(terms)}")
+
+
+def _save(path: Path, objective, optimizer, step: int, elapsed_s: float, scaler, main: bool) -> None:
+    """The main process writes the checkpoint, with every process's RNG states."""
+    rng_per_process = gather_object([rng_state()])
+    if main:
+        save_checkpoint(path, objective.modules, optimizer, step, elapsed_s, rng_per_process, scaler)
 
 
 def _floats(terms: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -10,15 +10,22 @@ from detrdistill.data.coco import CocoDetection
 from detrdistill.data.transforms import build_transforms
 from detrdistill.models.backbone_pretraining import cached_backbone
 from detrdistill.models.build import build_detector, load_backbone_weights, load_detector
+from detrdistill.training.label_sets import restrict_to_dataset_classes
 
 
 def load_datasets(data_dir: Path, data: DataConfig) -> tuple[CocoDetection, CocoDetection]:
     """(augmented train split, deterministic val split)."""
     train_set = CocoDetection(
-        data_dir, data.train_split, transforms=build_transforms(True, data.image_size), invalid_boxes=data.invalid_boxes
+        data_dir,
+        data.train_split,
+        transforms=build_transforms(True, data.image_size, data.max_size),
+        invalid_boxes=data.invalid_boxes,
     )
     val_set = CocoDetection(
-        data_dir, data.val_split, transforms=build_transforms(False, data.image_size), invalid_boxes=data.invalid_boxes
+        data_dir,
+        data.val_split,
+        transforms=build_transforms(False, data.image_size, data.max_size),
+        invalid_boxes=data.invalid_boxes,
     )
     return train_set, val_set
 
@@ -37,7 +44,9 @@ def prepare_detector(
     (pretraining it first if the cache has no entry).
     """
     if config.model.pretrained:
-        return load_detector(config.model.pretrained), {"init": f"from_pretrained {config.model.pretrained}"}
+        model = load_detector(config.model.pretrained)
+        model = restrict_to_dataset_classes(model, train_set.id2label, config.model.pretrained)
+        return model, {"init": f"from_pretrained {config.model.pretrained}"}
     model = build_detector(config.model, train_set.id2label)
     if not config.backbone_pretraining.enabled:
         return model, {"init": "random"}

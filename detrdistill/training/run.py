@@ -9,9 +9,10 @@ import json
 from pathlib import Path
 
 from detrdistill.config import RunConfig
-from detrdistill.data.errors import DatasetError
 from detrdistill.distiller import DETRDistillObjective
 from detrdistill.models.build import load_detector, resolve_model_dir
+from detrdistill.training.accelerator import make_accelerator
+from detrdistill.training.label_sets import restrict_to_dataset_classes
 from detrdistill.training.loop import DetectionObjective, fit, seed_everything
 from detrdistill.training.prepare import default_backbone_cache, load_datasets, prepare_detector
 
@@ -25,27 +26,31 @@ def run_training(
     backbone_cache: Path | None = None,
     progress: bool = True,
 ) -> dict:
-    """Train (``teacher`` None) or distill from ``teacher`` into ``out_dir``; return eval.json's dict."""
+    """Train (``teacher`` None) or distill from ``teacher`` into ``out_dir``; return eval.json's dict.
+
+    Runs in every process of a multi-process launch (``training/accelerator.py``).
+    """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    accelerator = make_accelerator()
     seed_everything(config.train.seed)
     train_set, val_set = load_datasets(data_dir, config.data)
     teacher_model = None
     if teacher is not None:
         config.distill.teacher = str(resolve_model_dir(teacher))
-        teacher_model = load_detector(teacher)
-        teacher_labels = {int(k): v for k, v in teacher_model.config.id2label.items()}
-        if teacher_labels != train_set.id2label:
-            raise DatasetError(
-                f"the teacher in {teacher} was trained on classes {teacher_labels}, but "
-                f"{train_set.annotation_file} has {train_set.id2label}: use a teacher trained on this label set"
-            )
-    student, init = prepare_detector(config, train_set, backbone_cache or default_backbone_cache(data_dir), progress)
+        # A hub COCO checkpoint's 91 class slots become the dataset's categories (by name).
+        teacher_model = restrict_to_dataset_classes(load_detector(teacher), train_set.id2label, str(teacher))
+        teacher_model.to(accelerator.device)  # fit moves the trained modules; the frozen teacher is ours to move
+    # The main process pretrains a missing backbone into the cache; the others then read it.
+    with accelerator.main_process_first():
+        cache = backbone_cache or default_backbone_cache(data_dir)
+        student, init = prepare_detector(config, train_set, cache, progress and accelerator.is_main_process)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "init.json").write_text(json.dumps({**init, "teacher": config.distill.teacher}, indent=2))
+    if accelerator.is_main_process:
+        (out_dir / "init.json").write_text(json.dumps({**init, "teacher": config.distill.teacher}, indent=2))
     if teacher_model is None:
         objective, extra = DetectionObjective(student, config), []
     else:
         objective = DETRDistillObjective(student, teacher_model, config)
         extra = [objective.heads]
     return fit(objective, student, config, train_set, val_set, out_dir, resume=resume, progress=progress,
-               extra_trainable=extra)
+               extra_trainable=extra, accelerator=accelerator)
