@@ -1,0 +1,306 @@
+"""A suite's results page: RESULTS/<suite>.md, the numbers behind it (.json) and its plot (.png).
+
+Everything is computed from the per-run JSONs (RESULTS/<suite>/*.json) and the AP tables
+saved beside each run (bootstrap.py), so ``detrdistill bench SUITE --report-only`` rebuilds
+the page without training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+from detrdistill.bench.bootstrap import check_same_images, load_ap_table, paired_gain, resample_counts, resampled_aps
+from detrdistill.bench.runner import AP_TABLE, SuitePlan, run_name, same_time_variant
+from detrdistill.bench.suites import SAME_TIME, Target, Variant
+from detrdistill.evaluate import AP_KEYS
+
+BOOTSTRAP_SEED = 0
+
+
+def machine_facts() -> dict:
+    import torch
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def load_records(plan: SuitePlan) -> dict[str, dict[str, list[dict]]]:
+    """{family: {row key: [run JSON per seed found]}} for the plan's rows, the equal-time row last."""
+    keys = [v.key for v in plan.variants()] + [SAME_TIME]
+    records: dict[str, dict[str, list[dict]]] = {}
+    for family in plan.families:
+        records[family] = {}
+        for key in keys:
+            found = [plan.results_dir / f"{run_name(family, key, seed)}.json" for seed in plan.seeds]
+            records[family][key] = [json.loads(path.read_text()) for path in found if path.is_file()]
+    return records
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else float("nan")
+
+
+def row_stats(runs: list[dict]) -> dict:
+    """Mean and sample std over seeds of each AP key, step time, steps and training time."""
+    mean, std = {}, {}
+    for key in AP_KEYS:
+        mean[key], std[key] = _mean_std([r["eval"].get(key) for r in runs])
+    for key in ("step_ms", "steps", "train_s"):
+        mean[key], std[key] = _mean_std([r[key] for r in runs])
+    return {"seeds": [r["seed"] for r in runs], "mean": mean, "std": std}
+
+
+class GainEstimator:
+    """Paired bootstrap gains between rows, resampling each run's AP once (shared resamples)."""
+
+    def __init__(self, resamples: int):
+        self.resamples = resamples
+        self.counts = None
+        self.tables, self.samples = {}, {}
+
+    def _table(self, record: dict):
+        key = record["run_dir"]
+        if key not in self.tables:
+            path = Path(record["run_dir"]) / AP_TABLE
+            self.tables[key] = load_ap_table(path) if path.is_file() else None
+        return self.tables[key]
+
+    def _samples(self, record: dict) -> np.ndarray:
+        key = record["run_dir"]
+        if key not in self.samples:
+            self.samples[key] = resampled_aps(self._table(record), self.counts)
+        return self.samples[key]
+
+    def gain(self, runs_a: list[dict], runs_b: list[dict]) -> dict | None:
+        """Gain of A over B on the seeds both have; None without runs or saved AP tables."""
+        seeds = sorted({r["seed"] for r in runs_a} & {r["seed"] for r in runs_b})
+        pairs = [(next(r for r in runs_a if r["seed"] == s), next(r for r in runs_b if r["seed"] == s)) for s in seeds]
+        if not pairs:
+            return None
+        per_seed = [a["eval"]["AP"] - b["eval"]["AP"] for a, b in pairs]
+        result = {"seeds": seeds, "per_seed": per_seed,
+                  "std": statistics.stdev(per_seed) if len(per_seed) > 1 else float("nan")}
+        tables = [self._table(r) for pair in pairs for r in pair]
+        if any(t is None for t in tables):
+            return {**result, "gain": statistics.fmean(per_seed), "low": None, "high": None,
+                    "note": "no saved AP table for some runs: no interval"}
+        check_same_images(tables, [r["run_dir"] for pair in pairs for r in pair])
+        if self.counts is None:
+            self.counts = resample_counts(len(tables[0].image_ids), self.resamples, BOOTSTRAP_SEED)
+        interval = paired_gain([self._samples(a) for a, _ in pairs], [self._samples(b) for _, b in pairs],
+                               self.counts, full_a=[a["eval"]["AP"] for a, _ in pairs],
+                               full_b=[b["eval"]["AP"] for _, b in pairs])
+        return {**result, **interval.to_dict()}
+
+
+def check_target(target: Target, rows: dict[str, list[dict]], labels: dict[str, str]) -> dict:
+    """MET or NOT MET for one family, with the numbers behind it."""
+    missing = [labels.get(k, k) for k in target.winners + target.losers if not rows.get(k)]
+    if missing:
+        return {"met": False, "detail": f"rows not run: {', '.join(missing)}"}
+    met, details = True, []
+    for winner in target.winners:
+        for loser in target.losers:
+            by_seed = {r["seed"]: r["eval"]["AP"] for r in rows[loser]}
+            per_seed = [r["eval"]["AP"] - by_seed[r["seed"]] for r in rows[winner] if r["seed"] in by_seed]
+            gain = statistics.fmean(r["eval"]["AP"] for r in rows[winner]) - statistics.fmean(by_seed.values())
+            ok = gain >= target.min_gain if target.min_gain > 0 else gain > 0
+            text = f"{labels[winner]} - {labels[loser]} = {_points(gain)} AP"
+            if target.std_multiple:
+                std = statistics.stdev(per_seed) if len(per_seed) > 1 else float("nan")
+                ok = ok and not math.isnan(std) and gain > target.std_multiple * std
+                text += (f" (std of the per-seed gain {100 * std:.1f} over {len(per_seed)} seeds)" if len(per_seed) > 1
+                         else " (one seed: no std, so the std condition cannot hold)")
+            met = met and ok
+            details.append(text + ("" if ok else " ✗"))
+    return {"met": met, "detail": "; ".join(details)}
+
+
+def build_summary(plan: SuitePlan, resamples: int = 1000) -> dict:
+    """Everything the page shows, as plain data (written to RESULTS/<suite>.json)."""
+    suite = plan.suite
+    records = load_records(plan)
+    estimator = GainEstimator(resamples)
+    same_time = same_time_variant(suite)
+    summary = {"suite": suite.name, "title": suite.title, "command": plan.command, "machine": machine_facts(),
+               "data": str(plan.data), "seeds": plan.seeds, "quick": plan.quick, "resamples": resamples,
+               "paper_source": suite.paper_source, "families": {}, "targets": []}
+    for family in plan.families:
+        rows = records[family]
+        variants: list[Variant] = [*plan.variants(), same_time]
+        labels = {v.key: v.label for v in [*suite.variants, same_time]}  # rows left out by --quick too
+        section = {"steps": plan.steps(family), "eval_every": plan.eval_every(family), "teacher": None, "rows": []}
+        teacher_eval = plan.teachers[family] / "eval.json"
+        if suite.show_teacher:
+            teacher = json.loads(teacher_eval.read_text()) if teacher_eval.is_file() else {}
+            section["teacher"] = {"dir": str(plan.teachers[family]), "eval": teacher,
+                                  "paper": suite.paper_teacher.get(family, suite.paper_teacher.get("*"))}
+        for variant in variants:
+            runs = rows.get(variant.key, [])
+            if not runs:
+                continue
+            baseline = variant.baseline
+            paper = variant.paper_ap(family)
+            baseline_paper = suite.variant(baseline).paper_ap(family) if baseline and variant.key != SAME_TIME else None
+            section["rows"].append({
+                "key": variant.key, "label": variant.label, "baseline": baseline,
+                **row_stats(runs),
+                "gain": estimator.gain(runs, rows.get(baseline, [])) if baseline else None,
+                "paper": paper,
+                "paper_gain": None if paper is None or baseline_paper is None else round(paper - baseline_paper, 1),
+                "checkpoints": mean_checkpoints(runs),
+            })
+        reference = rows.get(suite.reference, [])
+        section["equal_time"] = estimator.gain(reference, rows.get(SAME_TIME, [])) if reference else None
+        summary["families"][family] = section
+        for target in suite.targets:
+            summary["targets"].append({"family": family, "text": target.text, "source": target.source,
+                                       **check_target(target, rows, labels)})
+    return summary
+
+
+def mean_checkpoints(runs: list[dict]) -> list[dict]:
+    """Mean over seeds of AP and training time at each checkpoint step that every seed reached."""
+    by_step: dict[int, list[dict]] = {}
+    for run in runs:
+        for point in run["checkpoints"]:
+            by_step.setdefault(point["step"], []).append(point)
+    return [{"step": step, "AP": statistics.fmean(p["AP"] for p in points),
+             "elapsed_s": statistics.fmean(p["elapsed_s"] for p in points), "seeds": len(points)}
+            for step, points in sorted(by_step.items()) if len(points) == len(runs)]
+
+
+def _ap(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}"
+
+
+def _mean_pm_std(mean: float, std: float, scale: float = 100, digits: int = 1) -> str:
+    if math.isnan(mean):
+        return "-"
+    text = f"{scale * mean:.{digits}f}"
+    return text if math.isnan(std) else f"{text} ± {scale * std:.{digits}f}"
+
+
+def _points(value: float) -> str:
+    """An AP difference in points with its sign; a rounded -0.0 shows as +0.0."""
+    return f"{round(100 * value, 1) + 0.0:+.1f}"
+
+
+def _gain_text(gain: dict | None) -> str:
+    if not gain:
+        return ""
+    text = _points(gain["gain"])
+    if gain.get("low") is not None:
+        text += f" [{_points(gain['low'])}, {_points(gain['high'])}]"
+    return text
+
+
+def render_markdown(summary: dict, plan: SuitePlan) -> str:
+    suite, machine = plan.suite, summary["machine"]
+    lines = [
+        f"# Benchmark `{summary['suite']}`{' (quick subset)' if summary['quick'] else ''}: {summary['title']}",
+        "",
+        f"Regenerate: `{summary['command']}`",
+        "",
+        f"- Machine: {machine['cpu']}, {machine['cores']} cores; torch {machine['torch']}, "
+        f"torch.get_num_threads() = {machine['torch_threads']}; transformers {machine['transformers']}; "
+        f"Python {machine['python']}.",
+        f"- Data: `{summary['data']}`, val split; AP x100 on the whole split (APs/APm/APl on area ranges scaled "
+        "to the image size, see README).",
+        f"- Budget: {suite.budget}; seeds {', '.join(map(str, summary['seeds']))}; checkpoint evaluations on the "
+        f"first {suite.eval_max_images} val images.",
+        "- Cells: mean ± sample std over seeds. Gain: the row minus its baseline row (the student unless named), "
+        f"mean over seeds, with a 95% paired bootstrap interval over val images ({summary['resamples']} resamples "
+        "of the image ids, the same for both rows, seeds pooled per resample).",
+        f"- Paper column, for reference only (COCO at full scale; not expected to match): {summary['paper_source']}.",
+        "- The equal-time row is the undistilled baseline trained for as many steps as fit in the DETRDistill row's "
+        "training time at the baseline's own step time (per seed).",
+    ]
+    for family, section in summary["families"].items():
+        lines += ["", f"## {family}", "", f"{section['steps']} steps per run (equal-time row: more), "
+                  f"checkpoints every {section['eval_every']} steps.", ""]
+        header = ["row", *AP_KEYS, "steps", "step ms", "gain vs baseline [95% CI]", "paper AP (gain)"]
+        lines += ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+        teacher = section["teacher"]
+        if teacher is not None:
+            t = teacher["eval"]
+            paper = "-" if teacher["paper"] is None else f"{teacher['paper']:.1f}"
+            cells = [_ap(t.get(k)) for k in AP_KEYS]
+            lines.append(f"| teacher (`{teacher['dir']}`, 1 run) | " + " | ".join(cells) +
+                         f" | {t.get('steps', '-')} | {t.get('step_ms', '-')} | | {paper} |")
+        labels = {row["key"]: row["label"] for row in section["rows"]}
+        for row in section["rows"]:
+            mean, std = row["mean"], row["std"]
+            cells = [_mean_pm_std(mean[k], std[k]) for k in AP_KEYS]
+            cells += [f"{mean['steps']:.0f}", _mean_pm_std(mean["step_ms"], std["step_ms"], 1, 0)]
+            gain = _gain_text(row["gain"])
+            if gain and row["baseline"] not in ("student", None):
+                gain += f" vs {labels.get(row['baseline'], row['baseline'])}"
+            paper = "-" if row["paper"] is None else f"{row['paper']:.1f}"
+            if row["paper_gain"] is not None:
+                paper += f" ({row['paper_gain']:+.1f})"
+            label = row["label"] + ("" if len(row["seeds"]) == len(summary["seeds"]) else
+                                    f" ({len(row['seeds'])} of {len(summary['seeds'])} seeds)")
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {gain} | {paper} |")
+        equal_time = section["equal_time"]
+        if equal_time:
+            lines += ["", f"Equal wall-clock time: {labels.get(suite.reference)} - "
+                      f"{labels.get(SAME_TIME)} = {_gain_text(equal_time)} AP."]
+        steps = sorted({p["step"] for row in section["rows"] for p in row["checkpoints"]})
+        if steps:
+            lines += ["", f"AP at checkpoints (mean over seeds, first {suite.eval_max_images} val images):", "",
+                      "| row | " + " | ".join(f"step {s}" for s in steps) + " |",
+                      "|---|" + "---:|" * len(steps)]
+            for row in section["rows"]:
+                at = {p["step"]: p["AP"] for p in row["checkpoints"]}
+                lines.append(f"| {row['label']} | " + " | ".join(_ap(at.get(s)) for s in steps) + " |")
+    lines += ["", "## Targets", ""]
+    if not summary["targets"]:
+        lines.append("This suite has no acceptance targets; it reports the comparison only.")
+    for target in summary["targets"]:
+        verdict = "MET" if target["met"] else "NOT MET"
+        lines.append(f"- **{verdict}** ({target['source']}), {target['family']}: {target['text']}. "
+                     f"{target['detail']}.")
+    return "\n".join(lines) + "\n"
+
+
+def _finite(value):
+    """NaN (no std for one seed, an empty area range) as null, so the JSON is standard."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_report(plan: SuitePlan, resamples: int = 1000) -> Path:
+    """Write RESULTS/<suite>.md, .json and .png; return the .md path."""
+    from detrdistill.bench.plot import plot_summary
+
+    summary = build_summary(plan, resamples)
+    plan.results.mkdir(parents=True, exist_ok=True)
+    base = plan.results / plan.result_name
+    base.with_suffix(".json").write_text(json.dumps(_finite(summary), indent=2))
+    base.with_suffix(".md").write_text(render_markdown(summary, plan))
+    plot_summary(summary, base.with_suffix(".png"))
+    print(f"[bench] wrote {base.with_suffix('.md')}, .json and .png")
+    return base.with_suffix(".md")

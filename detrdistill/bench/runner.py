@@ -1,0 +1,329 @@
+"""Run a benchmark suite: teacher, every (seed, family, row) run, the equal-time student, the report.
+
+Layout (``RUNS`` = ``--runs``, ``RESULTS`` = ``--results``):
+
+    TEACHERS/<teacher preset><suffix>/            the family's teacher, trained once if missing
+    RUNS/<family>/<row key>-<config digest>/seed<k>/   a run directory (training/run.py)
+    RESULTS/<suite>/<family>__<row key>__seed<k>.json  one JSON per run (``run_record``)
+    RESULTS/<suite>.md, .json, .png                    the report (report.py, plot.py)
+
+The config digest (the resolved config without its seed, plus the teacher) names a run
+directory, so a run shared by two suites (the undistilled student, DETRDistill with the
+same budget) is trained once and a changed preset or budget never reuses a stale run.
+A finished run (eval.json) is never redone; an interrupted one resumes from its checkpoint.
+Each finished run's val predictions are saved beside it (``PREDICTIONS``) with the
+per-image matching the bootstrap needs (``AP_TABLE``).
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import hashlib
+import json
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from detrdistill.bench.bootstrap import ap_table, load_ap_table, save_ap_table
+from detrdistill.bench.overrides import apply_overrides
+from detrdistill.bench.suites import (
+    FAMILY_PRESETS,
+    SAME_TIME,
+    FamilyPresets,
+    Suite,
+    Variant,
+    check_suite,
+    suite_families,
+)
+from detrdistill.config import RunConfig, config_to_dict, load_config
+from detrdistill.inference import predict
+from detrdistill.models.build import load_detector
+from detrdistill.training.checkpoint import CHECKPOINT_NAME
+from detrdistill.training.prepare import load_datasets
+from detrdistill.training.run import run_training
+
+PREDICTIONS = "val_predictions.json.gz"  # COCO results list of the final model on the val split
+AP_TABLE = "val_ap_table.npz"  # bootstrap.APTable of those predictions
+# `detrdistill bench cost` runs the lead's cost benchmark from the source checkout.
+COST_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "cost.py"
+
+
+@dataclass
+class PlannedRun:
+    """One training run of a suite: a row of one family with one seed."""
+
+    family: str
+    variant: Variant
+    seed: int
+    config: RunConfig
+    overrides: dict  # everything set on the student preset, for the record
+    teacher_dir: Path | None
+
+    @property
+    def name(self) -> str:
+        return run_name(self.family, self.variant.key, self.seed)
+
+
+def run_name(family: str, key: str, seed: int) -> str:
+    return f"{family}__{key}__seed{seed}"
+
+
+@dataclass
+class SuitePlan:
+    """What a suite invocation runs; the report reads the same plan."""
+
+    suite: Suite
+    families: list[str]
+    seeds: list[int]
+    quick: bool
+    data: Path
+    runs: Path
+    results: Path
+    teachers: dict[str, Path]  # family -> teacher run directory
+    command: str
+    presets: Mapping[str, FamilyPresets]
+
+    @property
+    def result_name(self) -> str:
+        """Quick invocations report apart, so they never overwrite a full suite's page."""
+        return f"{self.suite.name}_quick" if self.quick else self.suite.name
+
+    @property
+    def results_dir(self) -> Path:
+        return self.results / self.result_name
+
+    def variants(self) -> tuple[Variant, ...]:
+        return self.suite.selected_variants(self.quick)
+
+    def steps(self, family: str) -> int:
+        return self.suite.steps_for(family, self.quick)
+
+    def eval_every(self, family: str) -> int:
+        return max(1, self.steps(family) // self.suite.checkpoints)
+
+
+def suite_command(suite: str, seeds: int, quick: bool, data: Path, runs: Path, families: list[str] | None,
+                  teachers: Path, results: Path) -> str:
+    """The ``detrdistill bench`` command line that regenerates a suite's results."""
+    parts = ["detrdistill", "bench", suite, "--seeds", str(seeds)]
+    parts += ["--quick"] if quick else []
+    parts += ["--data", str(data), "--runs", str(runs)]
+    parts += ["--families", *families] if families else []
+    parts += [] if teachers == Path("runs/presets") else ["--teachers", str(teachers)]
+    parts += [] if results == Path("benchmarks/results") else ["--results", str(results)]
+    return shlex.join(parts)
+
+
+def run_overrides(plan: SuitePlan, family: str, variant: Variant, seed: int, steps: int | None = None) -> dict:
+    """The variant's overrides plus the suite's budget, checkpoints and seed."""
+    return {
+        **variant.overrides,
+        "train.steps": plan.steps(family) if steps is None else steps,
+        "train.minutes": None,
+        "train.eval_every": plan.eval_every(family),
+        "train.eval_max_images": plan.suite.eval_max_images,
+        "train.seed": seed,
+    }
+
+
+def plan_run(plan: SuitePlan, family: str, variant: Variant, seed: int, steps: int | None = None) -> PlannedRun:
+    overrides = run_overrides(plan, family, variant, seed, steps)
+    where = f"suite {plan.suite.name}, {family}, row {variant.key}"
+    config = apply_overrides(load_config(plan.presets[family].student), overrides, where=where)
+    return PlannedRun(family, variant, seed, config, overrides, plan.teachers[family] if variant.distilled else None)
+
+
+def same_time_variant(suite: Suite) -> Variant:
+    """The equal-time row: the reference's undistilled baseline, trained longer."""
+    reference = suite.variant(suite.reference)
+    baseline = suite.variant(reference.baseline)
+    return Variant(SAME_TIME, f"{baseline.label}, same time as {reference.label}", baseline.overrides,
+                   distilled=False, baseline=baseline.key)
+
+
+def same_time_steps(reference_eval: dict, baseline_eval: dict) -> int:
+    """Steps of the baseline that take the reference run's training time at the baseline's step time."""
+    return max(1, round(1000 * reference_eval["train_s"] / baseline_eval["step_ms"]))
+
+
+def config_digest(config: RunConfig, teacher_dir: Path | None) -> str:
+    """Identifies a run across suites: the resolved config without the seed, plus the teacher."""
+    values = config_to_dict(config)
+    values["train"].pop("seed")
+    if teacher_dir is None:
+        values.pop("distill")  # an undistilled run never reads it
+    else:
+        # A teacher retrained in the same directory has another eval.json: its students are new runs.
+        teacher_eval = Path(teacher_dir) / "eval.json"
+        version = hashlib.sha1(teacher_eval.read_bytes()).hexdigest()[:8] if teacher_eval.is_file() else "no-eval"
+        values["distill"]["teacher"] = f"{Path(teacher_dir).resolve()}@{version}"
+    return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def run_dir_for(runs: Path, run: PlannedRun) -> Path:
+    """``RUNS/<family>/<key>-<digest>/seed<k>``, reusing a directory of the same digest made by any suite."""
+    digest = config_digest(run.config, run.teacher_dir)
+    family_dir = runs / run.family
+    existing = sorted(family_dir.glob(f"*-{digest}")) if family_dir.is_dir() else []
+    return (existing[0] if existing else family_dir / f"{run.variant.key}-{digest}") / f"seed{run.seed}"
+
+
+def teacher_dir_for(suite: Suite, family: str, presets: Mapping[str, FamilyPresets], teachers: Path,
+                    quick: bool) -> Path:
+    """TEACHERS/<teacher preset><suite suffix>[_quick]: the preset's own run unless the suite alters it."""
+    short = quick and suite.quick_teacher_steps is not None
+    return Path(teachers) / f"{Path(presets[family].teacher).stem}{suite.teacher_suffix}{'_quick' if short else ''}"
+
+
+def ensure_teacher(suite: Suite, family: str, presets: Mapping[str, FamilyPresets], teachers: Path, data: Path,
+                   quick: bool, progress: bool = True) -> Path:
+    """The family's teacher run directory: reused when it holds a model, else trained there."""
+    preset = presets[family].teacher
+    short = quick and suite.quick_teacher_steps is not None
+    teacher_dir = teacher_dir_for(suite, family, presets, teachers, quick)
+    if (teacher_dir / "eval.json").is_file() or (teacher_dir / "model" / "config.json").is_file():
+        return teacher_dir
+    overrides = {**suite.teacher_overrides, **({"train.steps": suite.quick_teacher_steps} if short else {})}
+    config = apply_overrides(load_config(preset), overrides, where=f"suite {suite.name}, {family} teacher")
+    print(f"[bench] {family}: training the teacher {preset}{' with ' + str(overrides) if overrides else ''} "
+          f"into {teacher_dir}")
+    run_training(config, data, teacher_dir, resume=(teacher_dir / CHECKPOINT_NAME).is_file(), progress=progress)
+    return teacher_dir
+
+
+def train_or_reuse(run: PlannedRun, run_dir: Path, data: Path, progress: bool = True) -> dict:
+    """eval.json of ``run``: read if finished, else trained (resumed from a checkpoint if one exists)."""
+    eval_file = run_dir / "eval.json"
+    if eval_file.is_file():
+        print(f"[bench] {run.name}: reusing the finished run in {run_dir}")
+        return json.loads(eval_file.read_text())
+    resume = (run_dir / CHECKPOINT_NAME).is_file()
+    print(f"[bench] {run.name}: {'resuming' if resume else 'training'} {run.config.train.steps} steps in {run_dir}"
+          f"{' from teacher ' + str(run.teacher_dir) if run.teacher_dir else ''}")
+    return run_training(copy.deepcopy(run.config), data, run_dir, teacher=run.teacher_dir, resume=resume,
+                        progress=progress)
+
+
+def save_predictions(run_dir: Path, config: RunConfig, data: Path, progress: bool = True) -> float:
+    """Write the final model's val predictions and their AP table beside the run; return that AP."""
+    _, val_set = load_datasets(data, config.data)  # the val split exactly as training evaluated it
+    predictions_file, table_file = run_dir / PREDICTIONS, run_dir / AP_TABLE
+    if predictions_file.is_file():
+        results = json.loads(gzip.decompress(predictions_file.read_bytes()))
+    else:
+        model = load_detector(run_dir / "model").to("cuda" if torch.cuda.is_available() else "cpu")
+        results, _ = predict(model, val_set, config.data.eval_batch_size, None, progress)
+        temporary = predictions_file.with_name(predictions_file.name + ".tmp")
+        temporary.write_bytes(gzip.compress(json.dumps(results).encode()))
+        temporary.replace(predictions_file)
+    table = ap_table(val_set.coco_json, results)
+    save_ap_table(table_file, table)
+    return table.ap()
+
+
+def read_checkpoints(run_dir: Path) -> list[dict]:
+    """Evaluations during training from metrics.jsonl: [{step, elapsed_s, AP, ..., num_images}].
+
+    The last evaluation line is the final one on the whole split (eval.json); it is left out,
+    and so is a copy of it that a run interrupted right after writing it left behind.
+    """
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    evaluations = [line for line in lines if "eval" in line]
+    if not evaluations:
+        return []
+    final = evaluations[-1]
+    return [{"step": e["step"], "elapsed_s": e["elapsed_s"], **e["eval"]} for e in evaluations[:-1]
+            if (e["step"], e["eval"].get("num_images")) != (final["step"], final["eval"].get("num_images"))]
+
+
+def run_record(plan: SuitePlan, run: PlannedRun, run_dir: Path, evaluation: dict, ap_from_predictions: float) -> dict:
+    """The JSON written to RESULTS/<suite>/<run>.json."""
+    verb = "distill --teacher " + shlex.quote(str(run.teacher_dir)) if run.teacher_dir else "train"
+    return {
+        "suite": plan.suite.name,
+        "family": run.family,
+        "variant": run.variant.key,
+        "label": run.variant.label,
+        "seed": run.seed,
+        "distilled": run.teacher_dir is not None,
+        "overrides": run.overrides,
+        "teacher": str(run.teacher_dir) if run.teacher_dir else None,
+        "run_dir": str(run_dir),
+        "eval": {k: v for k, v in evaluation.items() if k not in ("steps", "train_s", "step_ms")},
+        "steps": evaluation["steps"],
+        "step_ms": evaluation["step_ms"],
+        "train_s": evaluation["train_s"],
+        "checkpoints": read_checkpoints(run_dir),
+        "ap_from_predictions": ap_from_predictions,
+        "predictions": str(run_dir / PREDICTIONS),
+        "command": plan.command,
+        "run_command": f"detrdistill {verb} --config {shlex.quote(str(run_dir / 'config.yaml'))} "
+                       f"--data {shlex.quote(str(plan.data))} --out {shlex.quote(str(run_dir))}",
+    }
+
+
+def execute(plan: SuitePlan, run: PlannedRun, progress: bool = True) -> dict:
+    """Train (or reuse) one run, save its predictions once, write and return its result JSON."""
+    run_dir = run_dir_for(plan.runs, run)
+    evaluation = train_or_reuse(run, run_dir, plan.data, progress)
+    if (run_dir / AP_TABLE).is_file():
+        ap_from_predictions = load_ap_table(run_dir / AP_TABLE).ap()
+    else:
+        ap_from_predictions = save_predictions(run_dir, run.config, plan.data, progress)
+    record = run_record(plan, run, run_dir, evaluation, ap_from_predictions)
+    result_file = plan.results_dir / f"{run.name}.json"
+    result_file.parent.mkdir(parents=True, exist_ok=True)
+    result_file.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def make_plan(suite: Suite, families: list[str], seeds: int, quick: bool, data: Path, runs: Path, results: Path,
+              teachers: dict[str, Path], command: str,
+              presets: Mapping[str, FamilyPresets] = FAMILY_PRESETS) -> SuitePlan:
+    return SuitePlan(suite, families, list(range(seeds)), quick, Path(data), Path(runs), Path(results), teachers,
+                     command, presets)
+
+
+def planned_runs(plan: SuitePlan) -> list[PlannedRun]:
+    """Every fixed-budget run, seed by seed (a cut-short suite has whole seeds), checked before training."""
+    return [plan_run(plan, family, variant, seed)
+            for seed in plan.seeds for family in plan.families for variant in plan.variants()]
+
+
+def run_suite(
+    suite: Suite, data: Path, runs: Path, results: Path, seeds: int = 3, quick: bool = False,
+    families: list[str] | None = None, teachers: Path = Path("runs/presets"), command: str | None = None,
+    presets: Mapping[str, FamilyPresets] = FAMILY_PRESETS, progress: bool = True, report_only: bool = False,
+    resamples: int = 1000,
+) -> Path:
+    """Run ``suite`` (resuming what exists) and write its report; return the report's path."""
+    from detrdistill.bench.report import write_report  # report.py reads plans: imported here, not at the top
+
+    check_suite(suite)
+    chosen = suite_families(suite, families, quick, presets)
+    command = command or suite_command(suite.name, seeds, quick, data, runs, families, teachers, results)
+    needs_teacher = suite.show_teacher or any(v.distilled for v in suite.selected_variants(quick))
+    teacher_dirs = {family: teacher_dir_for(suite, family, presets, teachers, quick) for family in chosen}
+    plan = make_plan(suite, chosen, seeds, quick, data, runs, results, teacher_dirs, command, presets)
+    runs_to_do = planned_runs(plan)  # validates every row's overrides before anything trains
+    if not report_only:
+        if needs_teacher:
+            for family in chosen:
+                ensure_teacher(suite, family, presets, teachers, plan.data, quick, progress)
+        baseline_key = suite.variant(suite.reference).baseline
+        finished: dict[str, dict] = {}
+        for run in runs_to_do:
+            finished[run.name] = execute(plan, run, progress)
+            # The equal-time student of this family and seed, as soon as its two inputs exist.
+            reference = finished.get(run_name(run.family, suite.reference, run.seed))
+            baseline = finished.get(run_name(run.family, baseline_key, run.seed))
+            same_time = run_name(run.family, SAME_TIME, run.seed)
+            if reference and baseline and same_time not in finished:
+                steps = same_time_steps(reference, baseline)
+                same_time_run = plan_run(plan, run.family, same_time_variant(suite), run.seed, steps)
+                finished[same_time] = execute(plan, same_time_run, progress)
+    return write_report(plan, resamples=resamples)
