@@ -1,0 +1,229 @@
+"""Data and runs for the analysis, the figures and the notebooks: generate or reuse, load.
+
+Everything reuses what is already there: a dataset directory with its annotation files, a
+run directory with its ``eval.json``. Runs are trained through ``run_training``, the same
+path as ``detrdistill train`` / ``distill``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from detrdistill.config import BackboneConfig, RunConfig, load_config
+from detrdistill.data.coco import CocoDetection
+from detrdistill.data.shapes import make_shapes
+from detrdistill.data.transforms import build_transforms
+from detrdistill.models.build import load_detector, resolve_model_dir
+
+# Tiny models for smoke runs (seconds on a CPU): the width and depth of tests/conftest.py.
+TINY_IMAGE_SIZE = 64
+
+
+def ensure_shapes(data_dir: str | Path, num_train: int = 4000, num_val: int = 1000, image_size: int = 128,
+                  seed: int = 0, progress: bool = True) -> Path:
+    """The shapes dataset in ``data_dir``: reused when its val annotations exist, else generated."""
+    data_dir = Path(data_dir)
+    if (data_dir / "annotations" / "instances_val.json").is_file():
+        return data_dir
+    return make_shapes(data_dir, num_train=num_train, num_val=num_val, seed=seed, image_size=image_size,
+                       progress=progress)
+
+
+def is_finished(run_dir: str | Path | None) -> bool:
+    """True when ``run_dir`` holds a finished run (its ``eval.json`` and ``model/``)."""
+    if run_dir is None:
+        return False
+    run_dir = Path(run_dir)
+    return (run_dir / "eval.json").is_file() and (resolve_model_dir(run_dir) / "config.json").is_file()
+
+
+@dataclass
+class LoadedRun:
+    """A trained model with the config it was trained with.
+
+    Attributes:
+        path: the run (or bare model) directory.
+        model: the transformers detector, in eval mode.
+        config: the run's resolved ``config.yaml`` (defaults for a bare model directory).
+        eval: the run's ``eval.json`` (empty when absent).
+    """
+
+    path: Path
+    model: object
+    config: RunConfig
+    eval: dict
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """Load a run directory (or any ``from_pretrained`` directory) for analysis."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist: train it first (detrdistill train/distill)")
+    config_file = run_dir / "config.yaml"
+    config = load_config(config_file) if config_file.is_file() else RunConfig()
+    eval_file = run_dir / "eval.json"
+    metrics = json.loads(eval_file.read_text()) if eval_file.is_file() else {}
+    return LoadedRun(path=run_dir, model=load_detector(run_dir).eval(), config=config, eval=metrics)
+
+
+def eval_dataset(data_dir: str | Path, config: RunConfig, split: str | None = None) -> CocoDetection:
+    """A split (default: the config's val split) with the run's deterministic evaluation transforms."""
+    return CocoDetection(data_dir, split or config.data.val_split,
+                         transforms=build_transforms(False, config.data.image_size),
+                         invalid_boxes=config.data.invalid_boxes)
+
+
+def tiny_config(preset: str | Path, steps: int = 20, image_size: int = TINY_IMAGE_SIZE) -> RunConfig:
+    """``preset`` shrunk to a model that trains in seconds: width 32, 2 encoder / 3 decoder
+    layers, 10 queries, a 4-stage ResNet of widths 8-64, no backbone pretraining.
+
+    The family, its multi-scale setting and the ``distill`` section are kept.
+    """
+    config = load_config(preset)
+    model = config.model
+    model.d_model, model.encoder_layers, model.decoder_layers = 32, 2, 3
+    model.encoder_attention_heads = model.decoder_attention_heads = 4
+    model.encoder_ffn_dim = model.decoder_ffn_dim = 64
+    model.num_queries = 10
+    model.encoder_n_points = model.decoder_n_points = 2
+    model.backbone = BackboneConfig(embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1],
+                                    out_features=list(model.backbone.out_features))
+    config.backbone_pretraining.enabled = False
+    config.data.image_size, config.data.batch_size, config.data.eval_batch_size = image_size, 4, 8
+    config.train.steps, config.train.minutes = steps, None
+    config.train.warmup_steps = min(config.train.warmup_steps, max(steps // 5, 1))
+    config.train.log_every = max(1, min(config.train.log_every, steps // 4))
+    config.train.checkpoint_every = max(steps, 1)
+    config.train.eval_every = 0
+    return config
+
+
+def train_or_reuse(config: RunConfig, data_dir: str | Path, run_dir: str | Path, teacher: str | Path | None = None,
+                   progress: bool = True) -> dict:
+    """Train ``config`` into ``run_dir`` (distilling from ``teacher`` when given) unless it is
+    already finished there; returns the run's eval.json dict. An interrupted run is resumed."""
+    from detrdistill.training.run import run_training  # training pulls in the whole loop; only load it here
+
+    run_dir = Path(run_dir)
+    if is_finished(run_dir):
+        return json.loads((run_dir / "eval.json").read_text())
+    return run_training(copy.deepcopy(config), Path(data_dir), run_dir, teacher=Path(teacher) if teacher else None,
+                        resume=(run_dir / "checkpoint.pt").is_file(), progress=progress)
+
+
+def one_epoch_config(student: RunConfig, num_train_images: int, assignment_only: bool) -> RunConfig:
+    """A config for one pass over the training split ("the checkpoint of the first epoch",
+    Fig. 7), with only assignment distillation on when ``assignment_only``.
+
+    The learning rate never drops within it: the run stands for the first epoch of a longer
+    schedule, not for a finished short one.
+    """
+    config = copy.deepcopy(student)
+    config.train.steps = math.ceil(num_train_images / config.data.batch_size)
+    config.train.minutes = None
+    config.train.lr_drop_at = 1.0
+    config.train.eval_every = 0  # only the final evaluation: the run is measured afterwards
+    config.train.warmup_steps = min(config.train.warmup_steps, config.train.steps // 5)
+    config.distill.logits.enabled = not assignment_only
+    config.distill.features.enabled = not assignment_only
+    config.distill.assignment.enabled = True
+    return config
+
+
+def train_one_epoch(student: RunConfig, data_dir: str | Path, out_dir: str | Path, teacher: str | Path | None = None,
+                    progress: bool = True) -> dict:
+    """One epoch of the student: with ``teacher``, assignment distillation only (the paper's
+    "student with query-prior assignment distillation after one epoch"); without, plain
+    detection training (the control at the same point). Reuses a finished run."""
+    train_split = CocoDetection(data_dir, student.data.train_split, invalid_boxes=student.data.invalid_boxes)
+    config = one_epoch_config(student, len(train_split), assignment_only=teacher is not None)
+    return train_or_reuse(config, data_dir, out_dir, teacher=teacher, progress=progress)
+
+
+
+def preset_config(preset: str | Path, steps: int, tiny: bool = False) -> RunConfig:
+    """A preset with ``steps`` training steps, or its ``tiny_config`` shrink for smoke runs."""
+    if tiny:
+        return tiny_config(preset, steps)
+    config = load_config(preset)
+    config.train.steps, config.train.minutes = steps, None
+    return config
+
+
+def reuse_or(run_dir: str | Path | None, fallback_dir: str | Path, tiny: bool = False) -> Path:
+    """``run_dir`` when it holds a finished run and ``tiny`` is off (smoke runs never pick up
+    full-size runs), else ``fallback_dir``."""
+    return Path(run_dir) if run_dir and not tiny and is_finished(run_dir) else Path(fallback_dir)
+
+
+def ensure_run(run_dir: str | Path | None, fallback_dir: str | Path, config: RunConfig, data_dir: str | Path,
+               teacher: str | Path | None = None, tiny: bool = False, progress: bool = True) -> Path:
+    """``reuse_or(run_dir, fallback_dir, tiny)``, with ``config`` trained (or resumed, or
+    reused) there when it is the fallback."""
+    chosen = reuse_or(run_dir, fallback_dir, tiny)
+    if chosen == Path(fallback_dir):
+        train_or_reuse(config, data_dir, chosen, teacher=teacher, progress=progress)
+    return chosen
+
+
+def standard_runs(data_dir: str | Path, work_dir: str | Path, teacher_run: str | Path | None = None,
+                  student_run: str | Path | None = None, distilled_run: str | Path | None = None,
+                  teacher_steps: int = 1200, student_steps: int = 500, tiny: bool = False,
+                  teacher_preset: str = "deformable_teacher", student_preset: str = "deformable_student",
+                  progress: bool = True) -> dict[str, Path]:
+    """The notebooks' three runs: {"teacher", "student", "distilled"} -> run directory.
+
+    Given finished runs are reused (e.g. ``make demo``'s ``runs/demo/*``); the others are
+    trained into ``work_dir``: the teacher preset, then the student preset for
+    ``student_steps`` without and with DETRDistill from that teacher (same seed).
+    """
+    work_dir = Path(work_dir)
+    teacher = ensure_run(teacher_run, work_dir / "teacher", preset_config(teacher_preset, teacher_steps, tiny),
+                         data_dir, tiny=tiny, progress=progress)
+    student_config = preset_config(student_preset, student_steps, tiny)
+    student = ensure_run(student_run, work_dir / "student", student_config, data_dir, tiny=tiny, progress=progress)
+    distilled = ensure_run(distilled_run, work_dir / "distilled", student_config, data_dir, teacher=teacher,
+                           tiny=tiny, progress=progress)
+    return {"teacher": teacher, "student": student, "distilled": distilled}
+
+
+def distills(config: RunConfig) -> bool:
+    """True when any DETRDistill component is on (the run needs a teacher)."""
+    distill = config.distill
+    return distill.logits.enabled or distill.features.enabled or distill.assignment.enabled
+
+
+def train_variants(base: RunConfig, variants: dict[str, dict], data_dir: str | Path, out_dir: str | Path,
+                   teacher: str | Path, progress: bool = True) -> dict[str, Path]:
+    """An ablation: ``base`` with each variant's dotted overrides (``bench.overrides``), trained
+    into ``out_dir/<variant index>``; variants with every KD component off train without the
+    teacher. Finished runs are reused. Returns {variant name: run directory}."""
+    from detrdistill.bench.overrides import apply_overrides
+
+    runs = {}
+    for index, (name, overrides) in enumerate(variants.items()):
+        config = apply_overrides(base, overrides, where=f"variant {name!r}")
+        run_dir = Path(out_dir) / f"{index:02d}"
+        train_or_reuse(config, data_dir, run_dir, teacher=teacher if distills(config) else None, progress=progress)
+        runs[name] = run_dir
+    return runs
+
+
+def runs_table(runs: dict[str, str | Path]) -> str:
+    """Markdown AP table (x100) of finished runs by name, with their steps and step time."""
+    from detrdistill.evaluate import AP_KEYS, format_ap_table
+
+    rows = {}
+    for name, run_dir in runs.items():
+        metrics = json.loads((Path(run_dir) / "eval.json").read_text())
+        rows[name] = {**{k: metrics.get(k) for k in AP_KEYS}, "steps": metrics.get("steps"),
+                      "step_ms": metrics.get("step_ms")}
+    return format_ap_table(rows)

@@ -1,0 +1,300 @@
+"""Analysis: the IS metric, FD's masks, LD pairs, AD's teacher queries, results, figures."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from detrdistill.analysis.browser import MASK_KINDS, MaskBrowser
+from detrdistill.analysis.draw import load_batch, pick_images
+from detrdistill.analysis.instability import (
+    assignment_vector,
+    instability,
+    instability_from_matches,
+    stage_changes,
+)
+from detrdistill.analysis.ld_matching import ld_pairs
+from detrdistill.analysis.masks import compute_masks, level_masks, mask_shares, select_queries, share_in_boxes
+from detrdistill.analysis.query_prior import answer_teacher_queries, load_query_map
+from detrdistill.analysis.results import ap_rows, ap_table, result_files
+from detrdistill.analysis.workspace import (
+    eval_dataset,
+    load_run,
+    one_epoch_config,
+    preset_config,
+    tiny_config,
+    train_or_reuse,
+)
+from detrdistill.cli import main as cli_main
+from detrdistill.config import LossConfig, load_config
+from detrdistill.matching import HungarianMatcher
+from detrdistill.models.adapters import adapter_for
+
+
+def _matches(*pairs):
+    """One image's match from (query, gt) pairs, as HungarianMatcher returns it."""
+    queries = torch.tensor([q for q, _ in pairs], dtype=torch.int64)
+    gts = torch.tensor([g for _, g in pairs], dtype=torch.int64)
+    return queries, gts
+
+
+# ---------------------------------------------------------------- IS on hand-built matchings
+
+
+def test_assignment_vector_marks_unmatched_queries_minus_one():
+    vector = assignment_vector(*_matches((3, 0), (0, 1)), num_queries=5)
+    assert vector.tolist() == [1, -1, -1, 0, -1]
+    with pytest.raises(ValueError, match="matched pairs"):
+        assignment_vector(torch.tensor([0, 1]), torch.tensor([0]), num_queries=5)
+
+
+def test_stage_changes_count_predictions_whose_gt_changes():
+    assignments = torch.tensor([
+        [1, -1, -1, 0, -1],
+        [1, -1, -1, 0, -1],  # same as stage 1: IS^1 = 0
+        [0, 1, -1, -1, -1],  # queries 0 (1->0), 1 (-1->1), 3 (0->-1): IS^2 = 3
+    ])
+    assert stage_changes(assignments).tolist() == [0, 3]
+    with pytest.raises(ValueError, match="K >= 2"):
+        stage_changes(assignments[:1])
+
+
+def test_instability_from_matches_per_image_and_stage_pair():
+    # Image 0: two GTs, the stages of test_stage_changes (IS = 0, 3).
+    # Image 1: three GTs. Stage 1 -> 2 swaps GT 0 and 2 between queries 0 and 2 (2 changes);
+    # stage 2 -> 3 moves GT 2 from query 0 to query 4, GT 1 from query 1 to 3, GT 0 stays on
+    # query 2 (4 changes: queries 0, 1, 3, 4).
+    # Image 2: no GT at all: nothing can change.
+    empty = (torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64))
+    stage_1 = [_matches((3, 0), (0, 1)), _matches((0, 0), (1, 1), (2, 2)), empty]
+    stage_2 = [_matches((3, 0), (0, 1)), _matches((0, 2), (1, 1), (2, 0)), empty]
+    stage_3 = [_matches((0, 0), (1, 1)), _matches((4, 2), (3, 1), (2, 0)), empty]
+    counts = instability_from_matches([stage_1, stage_2, stage_3], num_queries=5)
+    assert counts.tolist() == [[0, 3], [2, 4], [0, 0]]
+    assert counts.float().mean(0).tolist() == pytest.approx([2 / 3, 7 / 3])
+    assert instability_from_matches([stage_1, stage_1], num_queries=5).sum() == 0
+
+
+@pytest.fixture(scope="module")
+def shapes_labels(shapes_dir):
+    from detrdistill.data.coco import CocoDetection
+
+    return CocoDetection(shapes_dir, "val").id2label
+
+
+@pytest.fixture(scope="module")
+def perturbed_deformable(tiny_detector, shapes_labels):
+    """A tiny Deformable DETR on the shapes label set, perturbed so its stages disagree."""
+    return tiny_detector("deformable_detr", perturb=0.2, id2label=shapes_labels)
+
+
+def test_instability_driver_equals_per_stage_hungarian_and_ignores_batch_size(
+    perturbed_deformable, shapes_dir, tiny_run_config
+):
+    config = tiny_run_config("deformable_detr")
+    dataset = eval_dataset(shapes_dir, config)
+    result = instability(perturbed_deformable, dataset, LossConfig(), batch_size=3, label="tiny")
+    assert result.num_images == len(dataset) and result.num_queries == 10
+    assert result.pair_names == ["1-2", "2-3"]
+    # The same numbers from a single batch, matched stage by stage here.
+    batch = load_batch(dataset, list(range(len(dataset))))
+    with torch.no_grad():
+        record = adapter_for(perturbed_deformable)(batch["pixel_values"], batch["pixel_mask"])
+    matcher = HungarianMatcher()
+    expected = []
+    for image, target in enumerate(batch["labels"]):
+        vectors = []
+        for k in range(record.num_stages):
+            (queries, gts), = matcher(record.logits[k, image:image + 1], record.boxes_cxcywh[k, image:image + 1],
+                                      [target])
+            owner = dict(zip(queries.tolist(), gts.tolist(), strict=True))
+            vectors.append([owner.get(n, -1) for n in range(10)])
+        expected.append([sum(a != b for a, b in zip(vectors[k], vectors[k + 1], strict=True)) for k in range(2)])
+        # Only queries matched at stage k or k + 1 can change: at most 2 per GT box.
+        assert max(expected[-1]) <= 2 * len(target["boxes"])
+    assert result.per_image == expected
+    assert result.per_pair == pytest.approx(np.mean(expected, axis=0).tolist())
+    assert sum(map(sum, expected)) > 0  # a perturbed model is unstable: the test compares real counts
+
+
+# ---------------------------------------------------------------- FD masks
+
+
+def _scene():
+    """Features [1, D, 8, 8]: an 'object' at rows 1-2, cols 5-6 along query 0; query 1 points
+    elsewhere; the right column is padding."""
+    dim = 16
+    features = 0.1 * torch.randn(1, dim, 8, 8, generator=torch.Generator().manual_seed(0))
+    features[0, 0, 1:3, 5:7] = 3.0
+    queries = torch.zeros(1, 2, dim)
+    queries[0, 0, 0] = 4.0
+    queries[0, 1, 1] = 4.0
+    valid = torch.ones(1, 8, 8, dtype=torch.bool)
+    valid[0, :, 7] = False
+    return features, valid, queries
+
+
+def test_level_masks_normalisation_and_peak_on_the_object():
+    features, valid, queries = _scene()
+    quality = torch.tensor([[0.8, 0.1]])
+    per_query, vanilla, weighted = level_masks(features, valid, queries, quality)
+    assert per_query.shape == (1, 2, 8, 8) and vanilla.shape == weighted.shape == (1, 8, 8)
+    for mask in (per_query, vanilla, weighted):
+        assert (mask >= 0).all() and (mask[..., 7] == 0).all()
+    inside = valid[0]
+    assert per_query[0, 0][inside].mean().item() == pytest.approx(1.0, rel=1e-5)
+    assert vanilla[0][inside].mean().item() == pytest.approx(1.0, rel=1e-5)
+    assert weighted[0][inside].mean().item() == pytest.approx(0.9, rel=1e-5)  # mean = sum_i q_i
+    torch.testing.assert_close(weighted, 0.8 * per_query[:, 0] + 0.1 * per_query[:, 1])
+    peak = np.unravel_index(int(weighted[0].argmax()), (8, 8))
+    assert 1 <= peak[0] <= 2 and 5 <= peak[1] <= 6
+    # The quality weights put more of the mask on the object than the vanilla mean does.
+    share = lambda mask: (mask[0, 1:3, 5:7].sum() / mask[0].sum()).item()  # noqa: E731
+    assert share(weighted) > share(vanilla)
+
+
+def test_share_in_boxes_by_hand():
+    uniform = np.ones((4, 4))
+    assert share_in_boxes(uniform, np.array([[0, 0, 4, 8]]), (8, 8)) == pytest.approx(0.5)
+    assert share_in_boxes(uniform, np.array([[0, 0, 4, 8], [2, 0, 6, 8]]), (8, 8)) == pytest.approx(0.75)
+    peaked = np.zeros((4, 4))
+    peaked[0, 0] = 1.0
+    assert share_in_boxes(peaked, np.array([[0, 0, 4, 4]]), (8, 8)) > 0.9
+    assert share_in_boxes(uniform, np.zeros((0, 4)), (8, 8)) == 0.0
+
+
+def test_compute_masks_on_a_detector(perturbed_deformable, shapes_dir, tiny_run_config):
+    dataset = eval_dataset(shapes_dir, tiny_run_config("deformable_detr"))
+    batch = load_batch(dataset, [0, 1])
+    samples = compute_masks(perturbed_deformable, batch)
+    assert len(samples) == 2
+    levels = perturbed_deformable.config.num_feature_levels
+    for index, sample in enumerate(samples):
+        assert sample.image.shape == (64, 64, 3) and 0 <= sample.image.min() <= sample.image.max() <= 1
+        assert sample.num_levels == levels and [sample.stride(level) for level in range(levels)] == [16, 32, 64]
+        assert [m.shape for m in sample.query_masks] == [(10, 4, 4), (10, 2, 2), (10, 1, 1)]
+        for level in range(levels):
+            assert sample.query_masks[level].mean(axis=(1, 2)) == pytest.approx(np.ones(10), rel=1e-4)
+            assert sample.weighted[level].mean() == pytest.approx(sample.quality.sum(), rel=1e-4)
+        num_gt = len(batch["labels"][index]["boxes"])
+        assert (sample.matched_gt >= 0).sum() == num_gt and len(sample.gt_boxes_xyxy) == num_gt
+        assert ((sample.quality >= 0) & (sample.quality <= 1)).all()
+        assert (sample.quality[sample.matched_gt < 0] == 0).all()  # unmatched: IoU 0, quality 0
+        good, bad = select_queries(sample, num_good=3, num_bad=2)
+        assert len(good) == min(3, num_gt) and len({int(sample.matched_gt[q]) for q in good}) == len(good)
+        assert len(bad) == 2 and not set(good) & set(bad)
+        assert max(sample.quality[bad]) <= min(sample.quality[good])
+    shares = mask_shares(samples)
+    assert set(shares) == {"vanilla", "quality-weighted"} and len(shares["vanilla"]) == levels
+    assert all(0 <= v <= 1 for values in shares.values() for v in values)
+
+
+def test_mask_browser_draws_every_kind_and_builds_its_widget(perturbed_deformable, shapes_dir, tiny_run_config):
+    dataset = eval_dataset(shapes_dir, tiny_run_config("deformable_detr"))
+    browser = MaskBrowser(perturbed_deformable, dataset, max_images=2)
+    for kind in MASK_KINDS:
+        figure = browser.figure(image=1, level=2, rank=9, kind=kind)
+        assert len(figure.axes) >= 2
+    assert browser.query_at(0, 0) == int(np.argmax(browser.masks(0).quality))
+    with pytest.raises(ValueError, match="mask kind"):
+        browser.figure(kind="nope")
+    pytest.importorskip("ipywidgets")
+    assert browser.widget() is not None
+
+
+# ---------------------------------------------------------------- LD pairs and AD's teacher queries
+
+
+def test_ld_pairs_positives_are_the_teachers_gt_matches(tiny_detector, shapes_dir, shapes_labels, tiny_run_config):
+    teacher = tiny_detector("deformable_detr", seed=0, perturb=0.2, id2label=shapes_labels)
+    student = tiny_detector("deformable_detr", seed=1, perturb=0.2, id2label=shapes_labels)
+    batch = load_batch(eval_dataset(shapes_dir, tiny_run_config("deformable_detr")), [0, 1, 2])
+    for item, target in zip(ld_pairs(teacher, student, batch, student_stage=0), batch["labels"], strict=True):
+        assert (item.student_stage, item.teacher_stage) == (0, 0)
+        assert sorted(item.pairs[:, 0].tolist()) == list(range(10))  # M = N: every teacher query is paired
+        assert item.positive.sum() == len(target["boxes"])
+
+
+def test_teacher_queries_in_their_own_decoder_reproduce_the_teacher(perturbed_deformable, shapes_dir,
+                                                                     tiny_run_config):
+    teacher = perturbed_deformable
+    batch = load_batch(eval_dataset(shapes_dir, tiny_run_config("deformable_detr")), [0, 1])
+    answers = answer_teacher_queries(teacher, teacher, batch, load_query_map(None, 64, 64))
+    for answer, target in zip(answers, batch["labels"], strict=True):
+        np.testing.assert_allclose(answer.boxes_xyxy, answer.teacher_boxes_xyxy, atol=1e-3)
+        assert len(answer.assigned_queries) == len(answer.iou) == len(target["boxes"])
+    with pytest.raises(FileNotFoundError, match="query map"):
+        load_query_map(None, 128, 64)
+
+
+# ---------------------------------------------------------------- workspace and results
+
+
+def test_config_helpers(tiny_run_config):
+    config = tiny_config("deformable_student", steps=7)
+    assert (config.model.d_model, config.model.num_queries, config.train.steps) == (32, 10, 7)
+    assert config.model.family == "deformable_detr" and not config.backbone_pretraining.enabled
+    epoch = one_epoch_config(config, num_train_images=24, assignment_only=True)
+    assert epoch.train.steps == math.ceil(24 / config.data.batch_size) and epoch.train.lr_drop_at == 1.0
+    assert epoch.distill.assignment.enabled
+    assert not epoch.distill.logits.enabled and not epoch.distill.features.enabled
+    full = preset_config("deformable_student", steps=11)
+    assert full.train.steps == 11 and full.model.d_model == load_config("deformable_student").model.d_model
+
+
+def test_ap_rows_find_every_ap_object():
+    data = {"AP": 0.5, "rows": {"teacher": {"AP": 0.6, "steps": 3}, "x": {"AP": float("nan")}},
+            "list": [{"AP": 0.1}], "flag": {"AP": True}}
+    assert sorted(ap_rows(data)) == [".", "list[0]", "rows/teacher", "rows/x"]
+    assert ap_table({"suite": data}) == pytest.approx({"suite": 50.0, "suite: rows/teacher": 60.0,
+                                                       "suite: list[0]": 10.0})
+
+
+def test_result_files_skip_per_run_files_of_summarised_suites(tmp_path):
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "teacher.json").write_text('{"AP": 0.5}')
+    (tmp_path / "main.json").write_text('{"rows": {"a": {"AP": 0.3}}}')
+    (tmp_path / "main").mkdir()
+    (tmp_path / "main" / "run1.json").write_text('{"AP": 0.2}')
+    (tmp_path / "broken.json").write_text("{not json")
+    assert sorted(result_files(tmp_path)) == ["main", "presets/teacher"]
+    assert result_files(tmp_path / "missing") == {}
+
+
+def test_pick_images_prefers_two_to_three_readable_objects(shapes_dir, tiny_run_config):
+    dataset = eval_dataset(shapes_dir, tiny_run_config("deformable_detr"))
+    chosen = pick_images(dataset, 3, min_side=4.0)
+    assert len(chosen) == 3 and len(set(chosen)) == 3
+    counts = [len(dataset[i][1]["class_labels"]) for i in chosen]
+    preferred = sum(2 <= len(dataset[i][1]["class_labels"]) <= 3 for i in range(len(dataset)))
+    assert sum(2 <= c <= 3 for c in counts) == min(3, preferred)
+
+
+# ---------------------------------------------------------------- figures end to end
+
+
+def test_figures_command_writes_every_png_from_tiny_runs(shapes_dir, tiny_run_config, tmp_path):
+    config = tiny_run_config("deformable_detr", steps=4)
+    teacher, student, distilled = tmp_path / "teacher", tmp_path / "student", tmp_path / "distilled"
+    train_or_reuse(config, shapes_dir, teacher, progress=False)
+    train_or_reuse(config, shapes_dir, student, progress=False)
+    train_or_reuse(config, shapes_dir, distilled, teacher=teacher, progress=False)
+    out = tmp_path / "figures"
+    code = cli_main(["figures", "--data", str(shapes_dir), "--teacher", str(teacher), "--student", str(student),
+                     "--distilled", str(distilled), "--epoch-run", str(tmp_path / "epoch"), "--ad-run",
+                     str(tmp_path / "ad"), "--out", str(out), "--images", "2", "--is-images", "4"])
+    assert code == 0
+    for name in ("fig4_query_masks.png", "fig6_quality_masks.png", "fig7_instability.png", "fig_predictions.png",
+                 "fig_ld_pairs.png", "fig_teacher_queries.png"):
+        assert (out / name).stat().st_size > 5000, name
+    summary = json.loads((out / "figures.json").read_text())
+    labels = [entry["label"] for entry in summary["instability"]]
+    assert labels == ["teacher", "student", "student, 1 epoch", "student, 1 epoch + AD", "DETRDistill student"]
+    assert all(entry["num_images"] == 4 and len(entry["per_pair"]) == 2 for entry in summary["instability"])
+    # The one-epoch runs: one pass over the 24 training images, AD only for the distilled one.
+    ad = load_run(tmp_path / "ad")
+    assert ad.eval["steps"] == math.ceil(24 / config.data.batch_size)
+    assert ad.config.distill.assignment.enabled and not ad.config.distill.logits.enabled
+    assert ad.config.distill.teacher is not None and load_run(tmp_path / "epoch").config.distill.teacher is None
