@@ -2,11 +2,14 @@
 
 Everything is built offline from configs: no hub download, no timm, no torchvision.
 Trained models are plain transformers directories (``save_pretrained``), so
-``AutoModelForObjectDetection.from_pretrained(dir)`` reloads them anywhere.
+``AutoModelForObjectDetection.from_pretrained(dir)`` reloads them anywhere. AdaMixer is the
+package's own (``models/adamixer``): its directories say ``model_type: "adamixer"`` and
+``load_detector`` reads them with ``AdaMixerForObjectDetection.from_pretrained``.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -23,11 +26,13 @@ from transformers import (
 )
 
 from detrdistill.config import BackboneConfig, ConfigError, ModelConfig
+from detrdistill.models.adamixer import AdaMixerConfig, AdaMixerForObjectDetection
 
 FAMILIES = {
     "detr": (DetrConfig, DetrForObjectDetection),
     "conditional_detr": (ConditionalDetrConfig, ConditionalDetrForObjectDetection),
     "deformable_detr": (DeformableDetrConfig, DeformableDetrForObjectDetection),
+    "adamixer": (AdaMixerConfig, AdaMixerForObjectDetection),
 }
 
 
@@ -44,6 +49,8 @@ def resnet_config(backbone: BackboneConfig) -> ResNetConfig:
 def detector_config(model: ModelConfig, id2label: dict[int, str]):
     if model.family not in FAMILIES:
         raise ConfigError(f"model.family {model.family!r} is not one of {sorted(FAMILIES)}")
+    if model.family == "adamixer":
+        return adamixer_config(model, id2label)
     config_class, _ = FAMILIES[model.family]
     kwargs = dict(
         backbone_config=resnet_config(model.backbone),
@@ -73,6 +80,34 @@ def detector_config(model: ModelConfig, id2label: dict[int, str]):
     return config_class(**kwargs)
 
 
+def adamixer_config(model: ModelConfig, id2label: dict[int, str]) -> AdaMixerConfig:
+    """AdaMixer has no encoder: the encoder_* fields are unused; decoder_layers = its stages."""
+    backbone = dict(
+        embedding_size=model.backbone.embedding_size,
+        hidden_sizes=list(model.backbone.hidden_sizes),
+        depths=list(model.backbone.depths),
+        layer_type=model.backbone.layer_type,
+        out_features=list(model.backbone.out_features),
+    )
+    try:
+        return AdaMixerConfig(
+            id2label={int(k): v for k, v in id2label.items()},
+            backbone=backbone,
+            d_model=model.d_model,
+            num_stages=model.decoder_layers,
+            num_queries=model.num_queries,
+            num_heads=model.decoder_attention_heads,
+            ffn_dim=model.decoder_ffn_dim,
+            n_groups=model.adamixer_groups,
+            n_points=model.adamixer_n_points,
+            out_points=model.adamixer_out_points,
+            dropout=model.dropout,
+            learn_initial_boxes=model.adamixer_learn_initial_boxes,
+        )
+    except ValueError as error:
+        raise ConfigError(f"model (family adamixer): {error}") from error
+
+
 def build_detector(model: ModelConfig, id2label: dict[int, str]) -> PreTrainedModel:
     """A freshly initialised detector (random backbone unless weights are loaded after)."""
     _, model_class = FAMILIES[model.family]
@@ -83,6 +118,8 @@ def build_detector(model: ModelConfig, id2label: dict[int, str]) -> PreTrainedMo
 
 def backbone_module(detector: PreTrainedModel) -> torch.nn.Module:
     """The transformers ``ResNetBackbone`` inside a detector (with frozen BatchNorm)."""
+    if isinstance(detector, AdaMixerForObjectDetection):
+        return detector.backbone
     return detector.model.backbone.model
 
 
@@ -127,4 +164,6 @@ def load_detector(model_dir: str | Path) -> PreTrainedModel:
             f"{model_dir} has no config.json: pass a directory written by save_pretrained "
             "(a run's model/ folder or a downloaded checkpoint)"
         )
+    if json.loads((model_dir / "config.json").read_text()).get("model_type") == AdaMixerConfig.model_type:
+        return AdaMixerForObjectDetection.from_pretrained(model_dir)
     return AutoModelForObjectDetection.from_pretrained(model_dir)

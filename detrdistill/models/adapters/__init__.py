@@ -1,5 +1,6 @@
 """One adapter per DETR family, all returning the same ``DetrRecord``."""
 
+from detrdistill.models.adapters.adamixer import AdaMixerAdapter
 from detrdistill.models.adapters.base import DetrAdapter
 from detrdistill.models.adapters.conditional_detr import ConditionalDetrAdapter
 from detrdistill.models.adapters.deformable_detr import DeformableDetrAdapter
@@ -9,11 +10,12 @@ ADAPTERS = {
     "detr": DetrFamilyAdapter,
     "conditional_detr": ConditionalDetrAdapter,
     "deformable_detr": DeformableDetrAdapter,
+    "adamixer": AdaMixerAdapter,
 }
 
 
 def adapter_for(model) -> DetrAdapter:
-    """The adapter for a transformers detector, chosen by ``model.config.model_type``."""
+    """The adapter for a detector (transformers' or our AdaMixer), chosen by ``model.config.model_type``."""
     model_type = model.config.model_type
     if model_type not in ADAPTERS:
         raise ValueError(f"no adapter for model_type {model_type!r}; supported: {sorted(ADAPTERS)}")
