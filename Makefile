@@ -12,11 +12,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
-EXTRAS ?= dev
+# The notebooks extra: tests/test_notebooks.py runs every notebook with papermill.
+EXTRAS ?= dev,notebooks
 STAMP := $(VENV)/.installed-$(EXTRAS)
 DATA ?= data/shapes
 
-.PHONY: install test demo lint clean-venv
+.PHONY: install test demo bench lint clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,7 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(if $(findstring notebooks,$(EXTRAS)),$(PY) -m ipykernel install --sys-prefix --name detrdistill --display-name "Python (detrdistill)")
 	@$(PY) -c "import torch; assert 'torchvision' not in __import__('sys').modules; print('torch', torch.__version__)"
 	touch $(STAMP)
 
@@ -39,6 +41,20 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/detrdistill demo --data $(DATA) --out runs/demo
+
+# make figures: every analysis figure as PNG into figures/, from `make demo`'s runs (inference,
+# plus two one-epoch students for Fig. 7, trained into runs/analysis/ the first time).
+FIGURE_RUNS ?= runs/demo
+.PHONY: figures
+figures: $(STAMP)
+	$(VENV)/bin/detrdistill figures --data $(DATA) --teacher $(FIGURE_RUNS)/teacher --student $(FIGURE_RUNS)/student \
+		--distilled $(FIGURE_RUNS)/distilled --epoch-run runs/analysis/student_1epoch \
+		--ad-run runs/analysis/student_1epoch_ad --out figures
+
+# make bench SUITE=main [QUICK=1]: one benchmark suite (detrdistill/bench/suites.py).
+SUITE ?= main
+bench: $(STAMP)
+	$(VENV)/bin/detrdistill bench $(SUITE) --data $(DATA)$(if $(QUICK), --quick)
 
 clean-venv:
 	rm -rf $(VENV)

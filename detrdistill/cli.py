@@ -1,12 +1,15 @@
-"""``detrdistill`` command line: make-shapes, pretrain-backbone, train, distill, eval, demo, show-config."""
+"""``detrdistill`` command line: make-shapes, pretrain-backbone, train, distill, eval, demo, figures, bench,
+show-config."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
+from detrdistill.bench.suites import SUITES as BENCH_SUITES
 from detrdistill.config import ConfigError, load_config, save_config
 from detrdistill.data.errors import DatasetError
 
@@ -69,11 +72,14 @@ def cmd_pretrain_backbone(args) -> None:
 def cmd_run(args) -> None:
     """``train``, or ``distill`` when a teacher is given."""
     from detrdistill.evaluate import format_ap_table
+    from detrdistill.training.distributed import end_processes, is_main_process
     from detrdistill.training.run import run_training
 
     result = run_training(_config_with_overrides(args), args.data, args.out, teacher=getattr(args, "teacher", None),
                           resume=args.resume, backbone_cache=args.backbone_cache)
-    print(format_ap_table({args.out.name: result}))
+    if is_main_process():  # one table from a multi-process launch, not one per process
+        print(format_ap_table({args.out.name: result}))
+    end_processes()
 
 
 def cmd_eval(args) -> None:
@@ -88,7 +94,7 @@ def cmd_eval(args) -> None:
     run_config = path / "config.yaml"
     config = load_config(run_config) if run_config.is_file() else RunConfig()
     image_size = args.image_size or config.data.image_size
-    dataset = CocoDetection(args.data, args.split, transforms=build_transforms(False, image_size))
+    dataset = CocoDetection(args.data, args.split, transforms=build_transforms(False, image_size, config.data.max_size))
     metrics = evaluate_model(load_detector(path), dataset, args.batch_size)
     out = args.out or (path / f"eval_{args.split}.json")
     out.write_text(json.dumps({**metrics, "split": args.split, "data": str(args.data)}, indent=2))
@@ -100,6 +106,33 @@ def cmd_demo(args) -> None:
     from detrdistill.demo import run_demo
 
     run_demo(args.data, args.out)
+
+
+def cmd_figures(args) -> None:
+    from detrdistill.analysis.figures import make_figures
+
+    written = make_figures(args.data, args.teacher, args.student, args.out, distilled=args.distilled,
+                           epoch_run=args.epoch_run, ad_run=args.ad_run, num_images=args.images,
+                           is_images=args.is_images, split=args.split, device=args.device)
+    for path in written.values():
+        print(f"wrote {path}")
+
+
+def cmd_bench(args) -> None:
+    from detrdistill.bench.runner import COST_SCRIPT, run_suite
+    from detrdistill.bench.suites import SUITES
+    from detrdistill.demo import ensure_shapes
+
+    if args.suite == "cost":  # the lead's cost benchmark: per-step time and memory ratios
+        if not COST_SCRIPT.is_file():
+            raise FileNotFoundError(f"{COST_SCRIPT} not found: `bench cost` runs from a source checkout")
+        subprocess.run([sys.executable, str(COST_SCRIPT), "--data", str(args.data)], check=True)
+        return
+    if not args.data.exists():
+        ensure_shapes(args.data)
+    run_suite(SUITES[args.suite], args.data, args.runs, args.results, seeds=args.seeds, quick=args.quick,
+              families=args.families, teachers=args.teachers, report_only=args.report_only,
+              resamples=args.resamples)
 
 
 def cmd_show_config(args) -> None:
@@ -149,6 +182,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=Path("data/shapes"))
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("figures", help="write every analysis figure (Fig. 4, 6, 7 analogs, ...) as PNG")
+    p.add_argument("--data", type=Path, required=True, help="COCO-format dataset directory")
+    p.add_argument("--teacher", type=Path, required=True, help="teacher run directory")
+    p.add_argument("--student", type=Path, required=True, help="undistilled student run directory")
+    p.add_argument("--distilled", type=Path, help="DETRDistill student run directory")
+    p.add_argument("--epoch-run", type=Path, help="student after one epoch, no distillation (trained if missing)")
+    p.add_argument("--ad-run", type=Path, help="student after one epoch of assignment distillation only "
+                   "(trained from --teacher if missing)")
+    p.add_argument("--out", type=Path, default=Path("figures"))
+    p.add_argument("--images", type=int, default=3, help="images in the picture figures")
+    p.add_argument("--is-images", type=int, default=500, help="val images for the IS metric")
+    p.add_argument("--split", help="default: each run's val split")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_figures)
+
+    p = sub.add_parser("bench", help="run a benchmark suite (the paper's tables at CPU scale) and write "
+                       "benchmarks/results/SUITE.md, .json and .png")
+    p.add_argument("suite", choices=[*BENCH_SUITES, "cost"], help="see detrdistill/bench/suites.py")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per row")
+    p.add_argument("--quick", action="store_true", help="1 seed, a subset of rows, shorter runs (under 20 min)")
+    p.add_argument("--data", type=Path, default=Path("data/shapes"), help="generated here if missing")
+    p.add_argument("--runs", type=Path, default=Path("runs/bench"), help="run directories (reused across suites)")
+    p.add_argument("--families", nargs="+", help="families to run (default: the suite's)")
+    p.add_argument("--teachers", type=Path, default=Path("runs/presets"),
+                   help="teacher run directories, TEACHERS/<teacher preset> (trained there if missing)")
+    p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--report-only", action="store_true", help="rebuild the report from finished runs, train nothing")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the val images")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("show-config", help="print a preset or YAML with every default filled in")
     p.add_argument("config")
