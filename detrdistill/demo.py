@@ -20,7 +20,7 @@ from detrdistill.training.run import run_training
 TEACHER_PRESET = "deformable_teacher"
 STUDENT_PRESET = "deformable_student"
 # Distillation helps most while the student is young, and the demo must stay short.
-STUDENT_STEPS = 1500
+STUDENT_STEPS = 1000
 
 
 def ensure_shapes(data_dir: Path) -> None:
