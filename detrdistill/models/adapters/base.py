@@ -127,8 +127,8 @@ def split_mask_levels(flat_mask: torch.Tensor, level_shapes: list[tuple[int, int
 class DetrAdapter:
     """Uniform access to one transformers DETR-family detector.
 
-    Subclasses set ``class_head`` and implement ``__call__``, ``decode`` and
-    ``learned_queries``.
+    Subclasses set ``class_head`` and implement ``_forward`` (one pass, optionally with an
+    extra query group), ``decode`` and ``learned_queries``.
     """
 
     class_head: str = "sigmoid"
@@ -159,6 +159,11 @@ class DetrAdapter:
 
     def __call__(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> DetrRecord:
         """Forward pass. pixel_values [B, 3, H, W]; pixel_mask [B, H, W] (1 = real pixel)."""
+        return self._forward(pixel_values, pixel_mask, None)
+
+    def _forward(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, group: torch.Tensor | None) -> DetrRecord:
+        """One pass; with ``group`` [Q', D_q] its queries follow the model's own in every stage,
+        behind a block-diagonal self-attention mask (``query_groups_kept_apart``)."""
         raise NotImplementedError
 
     def decode(self, record: DetrRecord, queries: torch.Tensor) -> DecodedQueries:
@@ -172,10 +177,6 @@ class DetrAdapter:
     def forward_with_group(
         self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, queries: torch.Tensor
     ) -> tuple[DetrRecord, DecodedQueries]:
-        """The record of a forward pass, plus ``decode(record, queries)``.
-
-        This default runs the decoder twice; families whose decoder takes the extra group
-        in the same pass (behind a block-diagonal self-attention mask) override it.
-        """
-        record = self(pixel_values, pixel_mask)
-        return record, self.decode(record, queries)
+        """The record of a forward pass and the outputs for ``queries`` [Q', D_q] run as a second
+        group in the same decoder pass: equal to ``decode(record, queries)``, in one pass."""
+        return split_group(self._forward(pixel_values, pixel_mask, queries), self.config.num_queries)

@@ -18,7 +18,6 @@ from detrdistill.models.adapters.base import (
     capture_call_kwargs,
     extend_call_kwargs,
     query_groups_kept_apart,
-    split_group,
     split_levels,
     split_mask_levels,
 )
@@ -66,16 +65,7 @@ class DeformableDetrAdapter(DetrAdapter):
         reference = self.model.model.reference_points(position).sigmoid()
         return content.unsqueeze(0).expand(batch, -1, -1), position, reference
 
-    def __call__(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> DetrRecord:
-        return self._forward(pixel_values, pixel_mask, None)
-
-    def forward_with_group(
-        self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, queries: torch.Tensor
-    ) -> tuple[DetrRecord, DecodedQueries]:
-        return split_group(self._forward(pixel_values, pixel_mask, queries), self.config.num_queries)
-
     def _forward(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, group: torch.Tensor | None) -> DetrRecord:
-        """One pass; with ``group`` [Q', 2D] its queries follow the model's own in every stage."""
         inner = self.model.model
         encoder_kwargs, decoder_kwargs, group_reference = {}, {}, []
 

@@ -15,7 +15,6 @@ from detrdistill.models.adapters.base import (
     capture_outputs,
     extend_call_kwargs,
     query_groups_kept_apart,
-    split_group,
 )
 from detrdistill.models.record import DecodedQueries, DetrRecord
 
@@ -39,16 +38,7 @@ class DetrFamilyAdapter(DetrAdapter):
         """hidden [K, B, Q, D] -> logits [K, B, Q, C], boxes [K, B, Q, 4]."""
         return self.model.class_labels_classifier(hidden), self.model.bbox_predictor(hidden).sigmoid()
 
-    def __call__(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> DetrRecord:
-        return self._forward(pixel_values, pixel_mask, None)
-
-    def forward_with_group(
-        self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, queries: torch.Tensor
-    ) -> tuple[DetrRecord, DecodedQueries]:
-        return split_group(self._forward(pixel_values, pixel_mask, queries), self.config.num_queries)
-
     def _forward(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, group: torch.Tensor | None) -> DetrRecord:
-        """One pass; with ``group`` [Q', D] its queries follow the model's own in every stage."""
         inner = self.model.model
         encoder_kwargs, decoder_kwargs, layer_outputs, projected = {}, {}, [], []
 
