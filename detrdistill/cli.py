@@ -132,7 +132,7 @@ def cmd_bench(args) -> None:
         ensure_shapes(args.data)
     run_suite(SUITES[args.suite], args.data, args.runs, args.results, seeds=args.seeds, quick=args.quick,
               families=args.families, teachers=args.teachers, report_only=args.report_only,
-              resamples=args.resamples)
+              resamples=args.resamples, rows=args.rows)
 
 
 def cmd_show_config(args) -> None:
@@ -206,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=Path("data/shapes"), help="generated here if missing")
     p.add_argument("--runs", type=Path, default=Path("runs/bench"), help="run directories (reused across suites)")
     p.add_argument("--families", nargs="+", help="families to run (default: the suite's)")
+    p.add_argument("--rows", nargs="+", metavar="KEY",
+                   help="only these rows (variant keys, e.g. student detrdistill); the page is then named "
+                        "SUITE[_FAMILIES]_ROWS so a partial run never overwrites the full suite's")
     p.add_argument("--teachers", type=Path, default=Path("runs/presets"),
                    help="teacher run directories, TEACHERS/<teacher preset> (trained there if missing)")
     p.add_argument("--results", type=Path, default=Path("benchmarks/results"))

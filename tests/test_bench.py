@@ -358,6 +358,18 @@ def test_tiny_suite_end_to_end_then_resumes_without_redoing_finished_runs(shapes
     assert calls == [True]  # only the interrupted run, resumed from its checkpoint
     assert record("ld", 1)["steps"] == 4
 
+    # A subset of rows reuses the same run directories and reports on a page of its own.
+    subset = run_suite(TINY, shapes_dir, runs, results, families=["conditional_detr"], rows=["student", "all"],
+                       **kwargs)
+    assert calls == [True]
+    assert subset == results / "tiny_conditional_detr_student-all.md" and (results / "tiny.md").is_file()
+    subset_text = subset.read_text()
+    assert "--families conditional_detr --rows student all" in subset_text
+    assert "| DETRDistill | " in subset_text and "| LD | " not in subset_text
+    assert "student, same time as DETRDistill" in subset_text
+    with pytest.raises(ConfigError, match=r"--rows \['fitnet'\]: not rows of suite tiny"):
+        run_suite(TINY, shapes_dir, runs, results, rows=["fitnet"], **kwargs)
+
 
 def test_cli_bench_parses_the_suite_options_and_runs_cost_through_the_cost_script(monkeypatch, tmp_path):
     from detrdistill import cli

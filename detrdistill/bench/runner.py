@@ -39,7 +39,7 @@ from detrdistill.bench.suites import (
     check_suite,
     suite_families,
 )
-from detrdistill.config import RunConfig, config_to_dict, load_config
+from detrdistill.config import ConfigError, RunConfig, config_to_dict, load_config
 from detrdistill.inference import predict
 from detrdistill.models.build import load_detector
 from detrdistill.training.checkpoint import CHECKPOINT_NAME
@@ -86,17 +86,25 @@ class SuitePlan:
     teachers: dict[str, Path]  # family -> teacher run directory
     command: str
     presets: Mapping[str, FamilyPresets]
+    rows: tuple[str, ...] | None = None  # variant keys to run (None: the suite's, or its --quick subset)
+    families_requested: bool = False
 
     @property
     def result_name(self) -> str:
-        """Quick invocations report apart, so they never overwrite a full suite's page."""
-        return f"{self.suite.name}_quick" if self.quick else self.suite.name
+        """Quick and partial invocations report apart, so they never overwrite a full suite's page."""
+        parts = [self.suite.name]
+        parts += ["quick"] if self.quick else []
+        parts += self.families if self.families_requested else []
+        parts += ["-".join(self.rows)] if self.rows else []
+        return "_".join(parts)
 
     @property
     def results_dir(self) -> Path:
         return self.results / self.result_name
 
     def variants(self) -> tuple[Variant, ...]:
+        if self.rows:
+            return tuple(v for v in self.suite.variants if v.key in self.rows)
         return self.suite.selected_variants(self.quick)
 
     def steps(self, family: str) -> int:
@@ -107,12 +115,13 @@ class SuitePlan:
 
 
 def suite_command(suite: str, seeds: int, quick: bool, data: Path, runs: Path, families: list[str] | None,
-                  teachers: Path, results: Path) -> str:
+                  teachers: Path, results: Path, rows: list[str] | None = None) -> str:
     """The ``detrdistill bench`` command line that regenerates a suite's results."""
     parts = ["detrdistill", "bench", suite, "--seeds", str(seeds)]
     parts += ["--quick"] if quick else []
     parts += ["--data", str(data), "--runs", str(runs)]
     parts += ["--families", *families] if families else []
+    parts += ["--rows", *rows] if rows else []
     parts += [] if teachers == Path("runs/presets") else ["--teachers", str(teachers)]
     parts += [] if results == Path("benchmarks/results") else ["--results", str(results)]
     return shlex.join(parts)
@@ -282,10 +291,18 @@ def execute(plan: SuitePlan, run: PlannedRun, progress: bool = True) -> dict:
 
 
 def make_plan(suite: Suite, families: list[str], seeds: int, quick: bool, data: Path, runs: Path, results: Path,
-              teachers: dict[str, Path], command: str,
-              presets: Mapping[str, FamilyPresets] = FAMILY_PRESETS) -> SuitePlan:
+              teachers: dict[str, Path], command: str, presets: Mapping[str, FamilyPresets] = FAMILY_PRESETS,
+              rows: list[str] | None = None, families_requested: bool = False) -> SuitePlan:
     return SuitePlan(suite, families, list(range(seeds)), quick, Path(data), Path(runs), Path(results), teachers,
-                     command, presets)
+                     command, presets, tuple(rows) if rows else None, families_requested)
+
+
+def check_rows(suite: Suite, rows: list[str] | None) -> None:
+    """``--rows`` must name the suite's variants, in any order."""
+    unknown = [row for row in rows or [] if row not in {v.key for v in suite.variants}]
+    if unknown:
+        raise ConfigError(f"--rows {unknown}: not rows of suite {suite.name}; "
+                          f"it has {[v.key for v in suite.variants]} (the equal-time student is added by itself)")
 
 
 def planned_runs(plan: SuitePlan) -> list[PlannedRun]:
@@ -298,17 +315,19 @@ def run_suite(
     suite: Suite, data: Path, runs: Path, results: Path, seeds: int = 3, quick: bool = False,
     families: list[str] | None = None, teachers: Path = Path("runs/presets"), command: str | None = None,
     presets: Mapping[str, FamilyPresets] = FAMILY_PRESETS, progress: bool = True, report_only: bool = False,
-    resamples: int = 1000,
+    resamples: int = 1000, rows: list[str] | None = None,
 ) -> Path:
     """Run ``suite`` (resuming what exists) and write its report; return the report's path."""
     from detrdistill.bench.report import write_report  # report.py reads plans: imported here, not at the top
 
     check_suite(suite)
+    check_rows(suite, rows)
     chosen = suite_families(suite, families, quick, presets)
-    command = command or suite_command(suite.name, seeds, quick, data, runs, families, teachers, results)
-    needs_teacher = suite.show_teacher or any(v.distilled for v in suite.selected_variants(quick))
+    command = command or suite_command(suite.name, seeds, quick, data, runs, families, teachers, results, rows)
     teacher_dirs = {family: teacher_dir_for(suite, family, presets, teachers, quick) for family in chosen}
-    plan = make_plan(suite, chosen, seeds, quick, data, runs, results, teacher_dirs, command, presets)
+    plan = make_plan(suite, chosen, seeds, quick, data, runs, results, teacher_dirs, command, presets, rows,
+                     families_requested=bool(families))
+    needs_teacher = suite.show_teacher or any(v.distilled for v in plan.variants())
     runs_to_do = planned_runs(plan)  # validates every row's overrides before anything trains
     if not report_only:
         if needs_teacher:
