@@ -23,7 +23,9 @@ def build_optimizer(model: nn.Module, train: TrainConfig, extra_modules: list[nn
         {"params": rest, "lr": train.lr, "base_lr": train.lr},
         {"params": backbone, "lr": train.lr_backbone, "base_lr": train.lr_backbone},
     ]
-    return torch.optim.AdamW(groups, lr=train.lr, weight_decay=train.weight_decay)
+    # The fused kernel: one pass over all parameters instead of a loop of small ops; on this
+    # CPU it made the Conditional DETR teacher's optimiser step 22 -> 5 ms (of ~190 ms a step).
+    return torch.optim.AdamW(groups, lr=train.lr, weight_decay=train.weight_decay, fused=True)
 
 
 def lr_factor(step: int, progress: float, train: TrainConfig) -> float:
