@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 papermill = pytest.importorskip("papermill", reason="the notebooks extra is not installed")
+nbformat = pytest.importorskip("nbformat", reason="the notebooks extra is not installed")
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -54,7 +55,7 @@ def workspace(tmp_path_factory):
 
 
 def test_every_notebook_is_listed():
-    assert [p.stem[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04", "05", "06"]
+    assert [p.stem[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04", "05", "06", "07"]
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
@@ -72,3 +73,7 @@ def test_notebook_runs_at_smoke_size(notebook, workspace, monkeypatch):
     papermill.execute_notebook(str(notebook), str(out), parameters=parameters, kernel_name=ensure_kernel(),
                                cwd=str(ROOT), progress_bar=False, execution_timeout=300)
     assert out.is_file()
+    outputs = [o for cell in nbformat.read(out, as_version=4).cells if cell.cell_type == "code" for o in cell.outputs]
+    as_text = [o for o in outputs if "image/png" not in o.get("data", {})
+               and o.get("data", {}).get("text/plain", "").startswith("<Figure")]
+    assert not as_text, f"{notebook.name}: {len(as_text)} figure(s) shown as text, not as a picture"

@@ -11,5 +11,11 @@ One job per module:
     figures.py       all figures as PNG (``detrdistill figures``)
     workspace.py     data and runs: generate or reuse, load, tiny configs for smoke runs
     browser.py       the ipywidgets mask and prediction browser (notebook 06)
+    adamixer_points.py  where an AdaMixer's queries sample (Fig. 2 (c), notebook 07)
     draw.py          shared plotting pieces
+    inline.py        figures as pictures in notebooks
 """
+
+from detrdistill.analysis.inline import register_png_display
+
+register_png_display()
