@@ -109,11 +109,19 @@ def cmd_demo(args) -> None:
 
 
 def cmd_figures(args) -> None:
-    from detrdistill.analysis.figures import make_figures
+    from detrdistill.analysis.figures import make_adamixer_figures, make_figures
 
-    written = make_figures(args.data, args.teacher, args.student, args.out, distilled=args.distilled,
-                           epoch_run=args.epoch_run, ad_run=args.ad_run, num_images=args.images,
-                           is_images=args.is_images, split=args.split, device=args.device)
+    if (args.teacher is None) != (args.student is None) or (args.teacher is None and args.adamixer is None):
+        raise ConfigError("figures: give --teacher and --student (the DETRDistill figures), --adamixer RUN "
+                          "(the AdaMixer figures), or both")
+    written = {}
+    if args.teacher is not None:
+        written |= make_figures(args.data, args.teacher, args.student, args.out, distilled=args.distilled,
+                                epoch_run=args.epoch_run, ad_run=args.ad_run, num_images=args.images,
+                                is_images=args.is_images, split=args.split, device=args.device)
+    if args.adamixer is not None:
+        written |= make_adamixer_figures(args.data, args.adamixer, args.out, num_images=args.images,
+                                         split=args.split)
     for path in written.values():
         print(f"wrote {path}")
 
@@ -185,12 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("figures", help="write every analysis figure (Fig. 4, 6, 7 analogs, ...) as PNG")
     p.add_argument("--data", type=Path, required=True, help="COCO-format dataset directory")
-    p.add_argument("--teacher", type=Path, required=True, help="teacher run directory")
-    p.add_argument("--student", type=Path, required=True, help="undistilled student run directory")
+    p.add_argument("--teacher", type=Path, help="teacher run directory")
+    p.add_argument("--student", type=Path, help="undistilled student run directory")
     p.add_argument("--distilled", type=Path, help="DETRDistill student run directory")
     p.add_argument("--epoch-run", type=Path, help="student after one epoch, no distillation (trained if missing)")
     p.add_argument("--ad-run", type=Path, help="student after one epoch of assignment distillation only "
                    "(trained from --teacher if missing)")
+    p.add_argument("--adamixer", type=Path, help="AdaMixer run directory: also write its sampling-point figures "
+                   "(Fig. 2 (c) analog); alone, only those")
     p.add_argument("--out", type=Path, default=Path("figures"))
     p.add_argument("--images", type=int, default=3, help="images in the picture figures")
     p.add_argument("--is-images", type=int, default=500, help="val images for the IS metric")

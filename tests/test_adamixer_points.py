@@ -75,3 +75,9 @@ def test_level_by_box_size_reads_strides_within_the_maps():
 def test_stage_points_refuses_other_families(tiny_detector):
     with pytest.raises(TypeError, match="AdaMixerForObjectDetection"):
         adamixer_points.stage_points(tiny_detector, batch_with_sizes())
+
+
+def test_level_plot_of_a_model_without_confident_queries_says_so():
+    sampled = adamixer_points.stage_points(tiny_adamixer(), batch_with_sizes())  # focal init: scores ~0.01
+    figure = adamixer_points.plot_level_by_box_size(sampled, canvas_side=64, min_score=0.5)
+    assert "no query scores >= 0.5" in [text.get_text() for text in figure.axes[0].texts]

@@ -298,3 +298,23 @@ def test_figures_command_writes_every_png_from_tiny_runs(shapes_dir, tiny_run_co
     assert ad.eval["steps"] == math.ceil(24 / config.data.batch_size)
     assert ad.config.distill.assignment.enabled and not ad.config.distill.logits.enabled
     assert ad.config.distill.teacher is not None and load_run(tmp_path / "epoch").config.distill.teacher is None
+
+
+def test_figures_command_writes_the_adamixer_figures_alone(shapes_dir, tmp_path):
+    run = tmp_path / "adamixer"
+    train_or_reuse(tiny_config("adamixer_teacher", steps=4), shapes_dir, run, progress=False)
+    out = tmp_path / "figures"
+    assert cli_main(["figures", "--data", str(shapes_dir), "--adamixer", str(run), "--out", str(out),
+                     "--images", "2"]) == 0
+    assert (out / "fig2_adamixer_points.png").stat().st_size > 5000
+    # A 4-step model has no confident query: the level plot says so rather than failing.
+    assert (out / "fig_adamixer_levels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "figures.json").exists()  # the DETRDistill figures need --teacher and --student
+    summary = json.loads((out / "figures_adamixer.json").read_text())
+    assert summary["run"] == str(run) and summary["share_images"] == 8  # the whole tiny val split
+    assert summary["matched_queries"] > 0 and 0.0 <= summary["points_inside_gt_box_mean"] <= 1.0
+
+
+def test_figures_command_needs_a_teacher_and_student_or_an_adamixer_run(shapes_dir, tmp_path, capsys):
+    assert cli_main(["figures", "--data", str(shapes_dir), "--teacher", str(tmp_path)]) == 2
+    assert "give --teacher and --student" in capsys.readouterr().err

@@ -108,7 +108,7 @@ def inside_shares(sampled: StagePoints, batch: dict, matches: list[tuple[torch.T
 def plot_active_regions(sampled: StagePoints, batch: dict, matches: list[tuple[torch.Tensor, torch.Tensor]],
                         names: dict | None = None):
     """Fig. 2 analog, one column per image: (a) the GT boxes, (b) the sampling points of the
-    queries matched to them (one colour per object, the query's predicted box dashed)."""
+    queries matched to them (in the colour of the object's class, the query's predicted box dashed)."""
     count = len(batch["labels"])
     figure, axes = new_figure(2, count)
     for image in range(count):
@@ -118,8 +118,9 @@ def plot_active_regions(sampled: StagePoints, batch: dict, matches: list[tuple[t
         draw_boxes(axes[0, image], gt, batch["labels"][image]["class_labels"].numpy(), names)
         show_image(axes[1, image], picture, "(b) AdaMixer sampling points")
         queries, objects = matches[image]
+        classes = batch["labels"][image]["class_labels"].tolist()
         for query, target in zip(queries.tolist(), objects.tolist(), strict=True):
-            color = CLASS_COLORS[target % len(CLASS_COLORS)]
+            color = CLASS_COLORS[classes[target] % len(CLASS_COLORS)]  # as the object's box in (a)
             xy = sampled.points[image, query, :, :2].numpy()
             axes[1, image].scatter(xy[:, 0], xy[:, 1], s=4, color=color, alpha=0.8, linewidths=0)
             box = to_pixels_xyxy(sampled.boxes_cxcywh[image, query], batch["padded_size"])
@@ -147,6 +148,9 @@ def plot_level_by_box_size(sampled: StagePoints, canvas_side: int, min_score: fl
     side, stride = level_by_box_size(sampled, min_score)
     figure, axes = new_figure(1, 1, panel_inches=3.2)
     ax = axes[0, 0]
+    if len(side) == 0:  # an untrained model: nothing to place on the log axes
+        ax.text(0.5, 0.5, f"no query scores >= {min_score}", ha="center", va="center", fontsize=8)
+        return figure
     ax.scatter(side * canvas_side, stride, s=6, alpha=0.6)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)

@@ -8,6 +8,12 @@
     fig_teacher_queries.png   the teacher's queries answered by AD-trained students
     figures.json              the numbers behind Fig. 7 and the AD panel, and the runs used
 
+and, from an AdaMixer run (``make_adamixer_figures``):
+
+    fig2_adamixer_points.png  where the queries matched to each object sample (Fig. 2 (c))
+    fig_adamixer_levels.png   the feature stride each query reads against its box size
+    figures_adamixer.json     the share of sampling points inside the object's box, the run used
+
 Only inference, except that the two one-epoch students of Fig. 7 are trained when their run
 directories are given but not finished (``train_one_epoch``).
 """
@@ -20,6 +26,13 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from detrdistill.analysis.adamixer_points import (
+    inside_shares,
+    matched_queries,
+    plot_active_regions,
+    plot_level_by_box_size,
+    stage_points,
+)
 from detrdistill.analysis.draw import load_batch, pick_images
 from detrdistill.analysis.instability import InstabilityResult, instability
 from detrdistill.analysis.ld_matching import ld_pairs, plot_ld_pairs
@@ -38,6 +51,8 @@ DPI = 90  # small enough to commit, large enough for the 128 px images
 FIG4, FIG6, FIG7 = "fig4_query_masks.png", "fig6_quality_masks.png", "fig7_instability.png"
 FIG_PREDICTIONS, FIG_LD, FIG_TEACHER_QUERIES = "fig_predictions.png", "fig_ld_pairs.png", "fig_teacher_queries.png"
 SUMMARY = "figures.json"
+FIG2_ADAMIXER, FIG_ADAMIXER_LEVELS = "fig2_adamixer_points.png", "fig_adamixer_levels.png"
+ADAMIXER_SUMMARY = "figures_adamixer.json"
 LABELS = {"teacher": "teacher", "student": "student", "epoch": "student, 1 epoch",
           "ad": "student, 1 epoch + AD", "distilled": "DETRDistill student"}
 
@@ -147,4 +162,44 @@ def make_figures(
     }
     (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
     written[SUMMARY] = out_dir / SUMMARY
+    return written
+
+
+def make_adamixer_figures(
+    data_dir: str | Path,
+    run: str | Path,
+    out_dir: str | Path = "figures",
+    num_images: int = 3,
+    share_images: int = 64,
+    split: str | None = None,
+) -> dict[str, Path]:
+    """Write the AdaMixer figures of a finished AdaMixer run into ``out_dir``; returns {file name: path}.
+
+    ``share_images`` val images give the level plot and the share of each matched query's
+    sampling points inside its object's GT box.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loaded = load_run(run)
+    dataset = eval_dataset(data_dir, loaded.config, split)
+    written = {}
+    batch = load_batch(dataset, pick_images(dataset, num_images))
+    sampled = stage_points(loaded.model, batch)
+    matches = matched_queries(sampled, batch["labels"], loaded.config.loss)
+    figure = plot_active_regions(sampled, batch, matches, dataset.id2label)
+    written[FIG2_ADAMIXER] = save(figure, out_dir / FIG2_ADAMIXER)
+
+    many = load_batch(dataset, list(range(min(share_images, len(dataset)))))
+    many_sampled = stage_points(loaded.model, many)
+    shares = inside_shares(many_sampled, many, matched_queries(many_sampled, many["labels"], loaded.config.loss))
+    levels = plot_level_by_box_size(many_sampled, canvas_side=max(many["padded_size"]))
+    written[FIG_ADAMIXER_LEVELS] = save(levels, out_dir / FIG_ADAMIXER_LEVELS)
+    summary = {
+        "run": str(loaded.path), "data": str(data_dir), "split": dataset.split,
+        "images": [int(m["image_id"]) for m in batch["meta"]],
+        "share_images": len(many["labels"]), "matched_queries": len(shares),
+        "points_inside_gt_box_mean": float(np.mean(shares)), "points_inside_gt_box_median": float(np.median(shares)),
+    }
+    (out_dir / ADAMIXER_SUMMARY).write_text(json.dumps(summary, indent=2))
+    written[ADAMIXER_SUMMARY] = out_dir / ADAMIXER_SUMMARY
     return written
