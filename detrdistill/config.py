@@ -29,7 +29,8 @@ class BackboneConfig:
     # (stage3 = stride 16, stage4 = stride 32); multi-scale families use all of them.
     out_features: list[str] = field(default_factory=lambda: ["stage3"])
     # "all_but_stem" trains every stage but the stem (DETR freezes the stem and stage 1 of
-    # an ImageNet ResNet; ours is pretrained on far less data, so it is allowed to move).
+    # an ImageNet ResNet, "all_but_stem_and_stage1"; ours is pretrained on far less data, so
+    # by default stage 1 may move). Also "all" and "none".
     trainable: str = "all_but_stem"
 
 

@@ -222,6 +222,11 @@ def test_set_backbone_trainable(tiny_detector):
     assert all(p.requires_grad for _, p in named)
     set_backbone_trainable(model, "all_but_stem")
     assert not any(p.requires_grad for p in stem) and all(p.requires_grad for p in stages)
+    set_backbone_trainable(model, "all_but_stem_and_stage1")  # DETR's choice for an ImageNet ResNet
+    stage1 = [p for n, p in named if n.startswith("encoder.stages.0.")]
+    later = [p for n, p in named if n.startswith(("encoder.stages.1.", "encoder.stages.2.", "encoder.stages.3."))]
+    assert stage1 and later and len(stem) + len(stage1) + len(later) == len(named)
+    assert not any(p.requires_grad for p in stem + stage1) and all(p.requires_grad for p in later)
     with pytest.raises(ValueError, match="trainable"):
         set_backbone_trainable(model, "stem_only")
 

@@ -129,12 +129,12 @@ def set_backbone_trainable(detector: PreTrainedModel, trainable: str) -> None:
     transformers' own rule matches timm parameter names and so freezes the whole of a
     transformers ResNet; we set it explicitly instead.
     """
-    choices = ("all", "all_but_stem", "none")
-    if trainable not in choices:
-        raise ConfigError(f"model.backbone.trainable {trainable!r} is not one of {choices}")
+    frozen_prefixes = {"all": (), "all_but_stem": ("embedder.",),
+                       "all_but_stem_and_stage1": ("embedder.", "encoder.stages.0."), "none": ("",)}
+    if trainable not in frozen_prefixes:
+        raise ConfigError(f"model.backbone.trainable {trainable!r} is not one of {list(frozen_prefixes)}")
     for name, parameter in backbone_module(detector).named_parameters():
-        is_stem = name.startswith("embedder.")
-        parameter.requires_grad_(trainable == "all" or (trainable == "all_but_stem" and not is_stem))
+        parameter.requires_grad_(not name.startswith(frozen_prefixes[trainable]))
 
 
 def load_backbone_weights(detector: PreTrainedModel, state_dict: dict[str, torch.Tensor]) -> None:
