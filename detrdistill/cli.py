@@ -217,8 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=Path, default=Path("runs/bench"), help="run directories (reused across suites)")
     p.add_argument("--families", nargs="+", help="families to run (default: the suite's)")
     p.add_argument("--rows", nargs="+", metavar="KEY",
-                   help="only these rows (variant keys, e.g. student detrdistill); the page is then named "
-                        "SUITE[_FAMILIES]_ROWS so a partial run never overwrites the full suite's")
+                   help="only these rows (variant keys, e.g. student detrdistill; add student_same_time for the "
+                        "equal-time student); the page is then named SUITE[_FAMILIES]_ROWS so a partial run never "
+                        "overwrites the full suite's")
     p.add_argument("--teachers", type=Path, default=Path("runs/presets"),
                    help="teacher run directories, TEACHERS/<teacher preset> (trained there if missing)")
     p.add_argument("--results", type=Path, default=Path("benchmarks/results"))

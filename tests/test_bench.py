@@ -358,7 +358,8 @@ def test_tiny_suite_end_to_end_then_resumes_without_redoing_finished_runs(shapes
     assert calls == [True]  # only the interrupted run, resumed from its checkpoint
     assert record("ld", 1)["steps"] == 4
 
-    # A subset of rows reuses the same run directories and reports on a page of its own.
+    # A subset of rows reuses the same run directories and reports on a page of its own; the
+    # equal-time student only when listed.
     subset = run_suite(TINY, shapes_dir, runs, results, families=["conditional_detr"], rows=["student", "all"],
                        **kwargs)
     assert calls == [True]
@@ -366,9 +367,14 @@ def test_tiny_suite_end_to_end_then_resumes_without_redoing_finished_runs(shapes
     subset_text = subset.read_text()
     assert "--families conditional_detr --rows student all" in subset_text
     assert "| DETRDistill | " in subset_text and "| LD | " not in subset_text
-    assert "student, same time as DETRDistill" in subset_text
+    assert "same time as DETRDistill" not in subset_text
+    with_same_time = run_suite(TINY, shapes_dir, runs, results, rows=["student", "all", "student_same_time"],
+                               **kwargs)
+    assert calls == [True] and "student, same time as DETRDistill" in with_same_time.read_text()
     with pytest.raises(ConfigError, match=r"--rows \['fitnet'\]: not rows of suite tiny"):
         run_suite(TINY, shapes_dir, runs, results, rows=["fitnet"], **kwargs)
+    with pytest.raises(ConfigError, match="list both"):
+        run_suite(TINY, shapes_dir, runs, results, rows=["all", "student_same_time"], **kwargs)
 
 
 def test_cli_bench_parses_the_suite_options_and_runs_cost_through_the_cost_script(monkeypatch, tmp_path):

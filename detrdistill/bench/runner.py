@@ -298,11 +298,15 @@ def make_plan(suite: Suite, families: list[str], seeds: int, quick: bool, data: 
 
 
 def check_rows(suite: Suite, rows: list[str] | None) -> None:
-    """``--rows`` must name the suite's variants, in any order."""
-    unknown = [row for row in rows or [] if row not in {v.key for v in suite.variants}]
+    """``--rows`` must name the suite's variants (or the equal-time student, which needs the
+    reference row and its baseline), in any order."""
+    keys = [v.key for v in suite.variants]
+    unknown = [row for row in rows or [] if row not in [*keys, SAME_TIME]]
     if unknown:
-        raise ConfigError(f"--rows {unknown}: not rows of suite {suite.name}; "
-                          f"it has {[v.key for v in suite.variants]} (the equal-time student is added by itself)")
+        raise ConfigError(f"--rows {unknown}: not rows of suite {suite.name}; it has {keys} and {SAME_TIME}")
+    needed = [suite.reference, suite.variant(suite.reference).baseline]
+    if rows and SAME_TIME in rows and not set(needed) <= set(rows):
+        raise ConfigError(f"--rows {SAME_TIME} is timed against {needed[0]} and {needed[1]}: list both")
 
 
 def planned_runs(plan: SuitePlan) -> list[PlannedRun]:
@@ -341,7 +345,7 @@ def run_suite(
             reference = finished.get(run_name(run.family, suite.reference, run.seed))
             baseline = finished.get(run_name(run.family, baseline_key, run.seed))
             same_time = run_name(run.family, SAME_TIME, run.seed)
-            if reference and baseline and same_time not in finished:
+            if reference and baseline and same_time not in finished and (not rows or SAME_TIME in rows):
                 steps = same_time_steps(reference, baseline)
                 same_time_run = plan_run(plan, run.family, same_time_variant(suite), run.seed, steps)
                 finished[same_time] = execute(plan, same_time_run, progress)
