@@ -3,7 +3,8 @@
     python benchmarks/step_time.py --data data/shapes
 
 Machines are noisy, so teacher and student steps are interleaved round by round and the
-ratio is taken from medians of the same run. Writes benchmarks/results/step_time.json and
+ratio is taken from medians of the same run; the three families' presets side by side give
+their relative per-step speed on this machine. Writes benchmarks/results/step_time.json and
 step_time.md.
 """
 
@@ -25,7 +26,11 @@ from detrdistill.training.optim import build_optimizer
 from detrdistill.training.prepare import load_datasets
 
 RESULTS = Path(__file__).parent / "results"
-PAIRS = [("deformable_teacher", "deformable_student"), ("conditional_teacher", "conditional_student")]
+PAIRS = [
+    ("deformable_teacher", "deformable_student"),
+    ("conditional_teacher", "conditional_student"),
+    ("adamixer_teacher", "adamixer_student"),
+]
 
 
 def main() -> None:
