@@ -111,10 +111,11 @@ class GainEstimator:
 
 
 def check_target(target: Target, rows: dict[str, list[dict]], labels: dict[str, str]) -> dict:
-    """MET or NOT MET for one family, with the numbers behind it."""
+    """MET (True), NOT MET (False) or not checked (None: a row was not run) for one family,
+    with the numbers behind it."""
     missing = [labels.get(k, k) for k in target.winners + target.losers if not rows.get(k)]
     if missing:
-        return {"met": False, "detail": f"rows not run: {', '.join(missing)}"}
+        return {"met": None, "detail": f"rows not run: {', '.join(missing)}"}
     met, details = True, []
     for winner in target.winners:
         for loser in target.losers:
@@ -275,7 +276,7 @@ def render_markdown(summary: dict, plan: SuitePlan) -> str:
     if not summary["targets"]:
         lines.append("This suite has no acceptance targets; it reports the comparison only.")
     for target in summary["targets"]:
-        verdict = "MET" if target["met"] else "NOT MET"
+        verdict = {True: "MET", False: "NOT MET", None: "NOT CHECKED"}[target["met"]]
         lines.append(f"- **{verdict}** ({target['source']}), {target['family']}: {target['text']}. "
                      f"{target['detail']}.")
     return "\n".join(lines) + "\n"
