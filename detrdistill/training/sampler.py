@@ -96,11 +96,8 @@ class SeededAugmentation(Dataset):
 
     def __getitem__(self, item: tuple[int, int]):
         index, seed = item
-        state = torch.get_rng_state()
-        # Seeds the CPU generator only: torch.manual_seed also queues seeds for every
-        # accelerator backend, which records a stack trace each call (~1 ms a sample).
-        torch.default_generator.manual_seed(seed)
-        try:
+        with torch.random.fork_rng(devices=[]):
+            # The CPU generator only: torch.manual_seed also queues seeds for every
+            # accelerator backend, which records a stack trace each call (~1 ms a sample).
+            torch.default_generator.manual_seed(seed)
             return self.dataset[index]
-        finally:
-            torch.set_rng_state(state)
