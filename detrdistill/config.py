@@ -88,6 +88,10 @@ class DataConfig:
     invalid_boxes: str = "clip"
     # Cap on the longer image side after resizing (COCO recipes: image_size 800, max_size 1333).
     max_size: int | None = None
+    # Keep decoded images in memory when a split fits in this many MiB (0: always read from
+    # disk). The embedded 4000-image train split takes 250 MiB; COCO train2017 would take ~100 GiB.
+    # Each DataLoader worker process keeps its own copy.
+    cache_mb: float = 1024.0
 
 
 @dataclass

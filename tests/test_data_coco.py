@@ -4,6 +4,7 @@ import copy
 import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -271,6 +272,44 @@ def test_image_size_disagreeing_with_record_is_reported(tmp_path):
         CocoDetection(tmp_path, "train")[0]
 
 
+
+def test_cached_split_decodes_each_image_once_and_yields_the_same_samples(tmp_path):
+    write_dataset(tmp_path, HAND_COCO)
+    transforms = build_transforms(train=False, image_size=16)
+    from_disk = CocoDetection(tmp_path, "train", transforms=transforms)
+    cached = CocoDetection(tmp_path, "train", transforms=transforms, cache_mb=1)
+    assert cached.caches_images and not from_disk.caches_images
+    first = [cached[i] for i in range(2)]
+    for path in (tmp_path / "images" / "train").iterdir():
+        path.unlink()
+    for (image, target), (again, again_target) in zip(first, [cached[i] for i in range(2)], strict=True):
+        assert torch.equal(image, again) and torch.equal(target["boxes_xyxy_abs"], again_target["boxes_xyxy_abs"])
+    with pytest.raises(DatasetError, match="does not exist"):
+        from_disk[0]
+
+
+def test_split_larger_than_the_cache_budget_reads_from_disk(tmp_path):
+    write_dataset(tmp_path, HAND_COCO)
+    # 40x30 + 20x20 pixels at 4 bytes: 6400 bytes, over a 0.005 MiB (5243-byte) budget.
+    dataset = CocoDetection(tmp_path, "train", cache_mb=0.005)
+    assert not dataset.caches_images
+    dataset[0]
+    (tmp_path / "images" / "train" / "a.png").unlink()
+    with pytest.raises(DatasetError, match="does not exist"):
+        dataset[0]
+    assert CocoDetection(tmp_path, "train", cache_mb=0.0062).caches_images
+
+
+def test_untransformed_view_shares_the_image_cache(tmp_path):
+    write_dataset(tmp_path, HAND_COCO)
+    dataset = CocoDetection(tmp_path, "train", transforms=build_transforms(train=False, image_size=16), cache_mb=1)
+    raw_image, raw_target = dataset.without_transforms()[0]
+    assert isinstance(raw_image, Image.Image) and raw_target["boxes_xyxy_abs"].shape == (2, 4)
+    (tmp_path / "images" / "train" / "a.png").unlink()
+    image, _ = dataset[0]
+    assert image.shape == (3, 16, 21)
+
+
 # --- Transforms ---
 
 
@@ -311,6 +350,14 @@ def test_to_tensor_normalises_and_records_size():
     expected = [(1 - IMAGENET_MEAN[0]) / IMAGENET_STD[0], -IMAGENET_MEAN[1] / IMAGENET_STD[1]]
     assert tensor[:2, 1, 2].tolist() == pytest.approx(expected)
     assert target["size"].tolist() == [2, 3]
+
+
+def test_to_tensor_matches_the_channels_last_formula_bit_for_bit():
+    pixels = np.random.default_rng(0).integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+    mean, std = np.asarray(IMAGENET_MEAN, dtype=np.float32), np.asarray(IMAGENET_STD, dtype=np.float32)
+    expected = torch.from_numpy(((pixels.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1).copy())
+    tensor, _ = ToTensorNormalize()(Image.fromarray(pixels), make_target([]))
+    assert torch.equal(tensor, expected)
 
 
 def test_train_transforms_jitter_scale_reproducibly(hand_root):

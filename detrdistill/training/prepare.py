@@ -20,12 +20,14 @@ def load_datasets(data_dir: Path, data: DataConfig) -> tuple[CocoDetection, Coco
         data.train_split,
         transforms=build_transforms(True, data.image_size, data.max_size),
         invalid_boxes=data.invalid_boxes,
+        cache_mb=data.cache_mb,
     )
     val_set = CocoDetection(
         data_dir,
         data.val_split,
         transforms=build_transforms(False, data.image_size, data.max_size),
         invalid_boxes=data.invalid_boxes,
+        cache_mb=data.cache_mb,
     )
     return train_set, val_set
 
@@ -50,8 +52,9 @@ def prepare_detector(
     model = build_detector(config.model, train_set.id2label)
     if not config.backbone_pretraining.enabled:
         return model, {"init": "random"}
-    # Pretraining reads raw images and boxes, so it gets the split without detection transforms.
-    raw_train = CocoDetection(train_set.root, train_set.split, transforms=None, invalid_boxes="clip")
+    # Pretraining reads raw images and boxes, so it gets the split without detection transforms;
+    # the images it decodes stay cached for training.
+    raw_train = train_set.without_transforms()
     start = time.perf_counter()
     state_dict, stats, path = cached_backbone(
         raw_train, config.model.backbone, config.backbone_pretraining, backbone_cache, config.train.seed, progress
