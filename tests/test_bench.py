@@ -214,20 +214,20 @@ def test_check_suite_refuses_rows_that_name_missing_rows():
         check_suite(broken)
 
 
-def test_optional_families_join_only_when_their_presets_exist(tmp_path):
+def test_suites_run_their_own_families_unless_others_are_requested(tmp_path):
     (tmp_path / "t.yaml").write_text("{}\n")
     (tmp_path / "s.yaml").write_text("{}\n")
-    suite = SUITES["components"]
     missing = {**FAMILY_PRESETS, "adamixer": FamilyPresets("no_such_teacher_preset", "no_such_student_preset")}
     present = {**FAMILY_PRESETS, "adamixer": FamilyPresets(str(tmp_path / "t.yaml"), str(tmp_path / "s.yaml"))}
-    assert suite_families(suite, presets=missing) == ["deformable_detr"]
-    assert suite_families(suite, presets=present) == ["deformable_detr", "adamixer"]
-    assert suite_families(suite, quick=True, presets=present) == ["deformable_detr"]
-    assert suite_families(suite, ["conditional_detr"], presets=present) == ["conditional_detr"]
+    assert suite_families(SUITES["main"], presets=present) == ["deformable_detr", "conditional_detr"]
+    assert suite_families(SUITES["main"], quick=True, presets=present) == ["deformable_detr"]
+    assert suite_families(SUITES["components"], presets=present) == ["deformable_detr"]
+    assert suite_families(SUITES["components"], ["adamixer", "adamixer"], presets=present) == ["adamixer"]
+    assert suite_families(SUITES["components"], ["conditional_detr"], presets=present) == ["conditional_detr"]
     with pytest.raises(ConfigError, match="not found"):
-        suite_families(suite, ["adamixer"], presets=missing)
+        suite_families(SUITES["components"], ["adamixer"], presets=missing)
     with pytest.raises(ConfigError, match="unknown family 'yolo'"):
-        suite_families(suite, ["yolo"], presets=present)
+        suite_families(SUITES["components"], ["yolo"], presets=present)
 
 
 def test_config_digest_ignores_the_seed_and_an_undistilled_runs_distill_section(tmp_path):

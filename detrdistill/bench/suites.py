@@ -15,9 +15,10 @@ and step_time.md). Seconds per training step:
 plus, per run, ~8 s for the final evaluation on the val split (1000 images), ~7 s to save
 its predictions and index them for the bootstrap and ~2.5 s per checkpoint evaluation
 (300 images; 4 per run, 12 for the equal-time student): about 30 s per run in all.
-The budgets count the families in ``Suite.families`` only: an optional family (adamixer,
-whose step time was not measured when these were set; it runs at the "*" step count)
-adds its own runs, and a teacher preset not yet trained in runs/presets adds its training.
+The budgets count the families in ``Suite.families``, the default; another family (adamixer,
+whose step time was not measured when these were set; it runs at the "*" step count) runs
+only when named with ``--families`` and adds its own runs, and a teacher preset not yet
+trained in runs/presets adds its training.
 Run suites on an otherwise idle machine: the equal-time student's steps come from
 measured step times.
 """
@@ -40,8 +41,7 @@ class FamilyPresets:
     student: str
 
 
-# The families a suite can run. "adamixer" joins the default lists of the suites that name it
-# as optional only when its presets exist (another developer adds them).
+# The families a suite can run: its own ``families`` by default, any of these with --families.
 FAMILY_PRESETS: dict[str, FamilyPresets] = {
     "deformable_detr": FamilyPresets("deformable_teacher", "deformable_student"),
     "conditional_detr": FamilyPresets("conditional_teacher", "conditional_student"),
@@ -98,7 +98,6 @@ class Suite:
     steps: Mapping[str, int]  # training steps per family, "*" for the others
     quick_steps: Mapping[str, int]
     families: tuple[str, ...] = ("deformable_detr",)
-    optional_families: tuple[str, ...] = ()  # join ``families`` when their presets exist
     checkpoints: int = 4  # evaluations during training: every steps // checkpoints steps
     eval_max_images: int = 300  # images per checkpoint evaluation (the final one uses all)
     # The teacher: the family's teacher preset with these overrides, in TEACHERS/<preset><suffix>.
@@ -169,7 +168,6 @@ MAIN = Suite(
     steps={"deformable_detr": 600, "conditional_detr": 800, "*": 800},
     quick_steps={"*": 500},
     families=("deformable_detr", "conditional_detr"),
-    optional_families=("adamixer",),
     show_teacher=True,
     paper_teacher={"deformable_detr": 45.5, "conditional_detr": 42.4, "adamixer": 43.6},
     targets=(
@@ -201,7 +199,6 @@ COMPONENTS = Suite(
     # all, same-time): 500 x 1.63 s + 6 x 30 s = 17 min.
     steps={"*": 800},
     quick_steps={"*": 500},
-    optional_families=("adamixer",),
     targets=(
         Target("each component alone (LD, FD, AD) above the student", ("ld", "fd", "ad"), (STUDENT,)),
         Target("all three above any pair (LD+FD, LD+AD, FD+AD)", ("all",), ("ld_fd", "ld_ad", "fd_ad")),
@@ -230,7 +227,6 @@ LOGITS = Suite(
     # x ~30 s: about 105 min. --quick (4 rows + same-time): 500 x 1.20 s + 5 x 30 s = 12.5 min.
     steps={"*": 800},
     quick_steps={"*": 500},
-    optional_families=("adamixer",),
     targets=(
         Target("negative-box KD alone above positives-only KD (pos-cls + pos-reg)", ("neg_reg",), ("pos_cls_reg",),
                source="the paper's finding (Table 6)"),
@@ -255,7 +251,6 @@ PROGRESSIVE = Suite(
     # x ~30 s: about 43 min. --quick: 500 x 0.93 s + 4 x 30 s = 10 min.
     steps={"*": 800},
     quick_steps={"*": 500},
-    optional_families=("adamixer",),
     targets=(
         Target("progressive LD above last-stage LD", ("progressive",), ("last_stage",),
                source="the paper's finding (Table 7)"),
@@ -370,11 +365,8 @@ def suite_families(
     suite: Suite, requested: list[str] | None = None, quick: bool = False,
     presets: Mapping[str, FamilyPresets] = FAMILY_PRESETS,
 ) -> list[str]:
-    """The families to run: ``requested`` (checked), else the suite's defaults.
-
-    Defaults: ``suite.families`` plus each optional family whose two presets exist; with
-    ``quick``, only the first of them.
-    """
+    """The families to run: ``requested`` (checked), else ``suite.families`` (with ``quick``,
+    only the first), so a suite's default command stays within its stated budget."""
     if requested:
         for family in requested:
             if family not in presets:
@@ -383,12 +375,7 @@ def suite_families(
             if missing:
                 raise ConfigError(f"--families {family}: preset(s) {missing} not found in detrdistill/configs")
         return list(dict.fromkeys(requested))
-    families = list(suite.families)
-    for family in suite.optional_families:
-        entry = presets.get(family)
-        if entry is not None and preset_exists(entry.teacher) and preset_exists(entry.student):
-            families.append(family)
-    return families[:1] if quick else families
+    return list(suite.families[:1] if quick else suite.families)
 
 
 def check_suite(suite: Suite) -> None:
