@@ -237,6 +237,7 @@ def test_config_digest_ignores_the_seed_and_an_undistilled_runs_distill_section(
     assert config_digest(config, None) == config_digest(other_seed, None) == config_digest(no_ld, None)
     assert config_digest(config, tmp_path) != config_digest(no_ld, tmp_path)
     assert config_digest(config, None) != config_digest(apply_overrides(config, {"train.steps": 5}), None)
+    assert config_digest(config, None) == config_digest(apply_overrides(config, {"data.cache_mb": 0}), None)
 
 
 def test_same_time_steps_fill_the_distilled_runs_training_time():

@@ -159,10 +159,17 @@ def same_time_steps(reference_eval: dict, baseline_eval: dict) -> int:
     return max(1, round(1000 * reference_eval["train_s"] / baseline_eval["step_ms"]))
 
 
+# Caching decoded images yields bit-identical batches (tests/test_data_coco.py).
+SPEED_ONLY_DATA_SETTINGS = ("cache_mb",)
+
+
 def config_digest(config: RunConfig, teacher_dir: Path | None) -> str:
-    """Identifies a run across suites: the resolved config without the seed, plus the teacher."""
+    """Identifies a run across suites: the resolved config without the seed and the settings
+    that change speed but not results, plus the teacher."""
     values = config_to_dict(config)
     values["train"].pop("seed")
+    for speed_only in SPEED_ONLY_DATA_SETTINGS:
+        values["data"].pop(speed_only)
     if teacher_dir is None:
         values.pop("distill")  # an undistilled run never reads it
     else:
