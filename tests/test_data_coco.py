@@ -272,7 +272,6 @@ def test_image_size_disagreeing_with_record_is_reported(tmp_path):
         CocoDetection(tmp_path, "train")[0]
 
 
-
 def test_cached_split_decodes_each_image_once_and_yields_the_same_samples(tmp_path):
     write_dataset(tmp_path, HAND_COCO)
     transforms = build_transforms(train=False, image_size=16)
