@@ -200,7 +200,10 @@ COMPONENTS = Suite(
     ),
     reference="all",
     # Per seed: 800 x (0.115 + 0.27 + 0.27 + 0.29 + 0.30 + 0.31 + 0.31 + 0.34 + 0.34 same-time)
-    # = 2020 s; 3 seeds: 101 min, plus 27 runs x ~30 s: about 115 min. --quick (none, LD, FD, AD,
+    # = 2020 s; 3 seeds: 101 min, plus 27 runs x ~30 s: about 115 min. Runs of the same resolved
+    # config are shared between suites: after `mask` and `progressive`, the student, LD (their
+    # progressive row) and FD (their quality row) are done, leaving 800 x (0.29 + 0.30 + 0.31 +
+    # 0.31 + 0.34 + 0.34) + 6 x 30 s ~ 28 min a seed, about 85 min. --quick (none, LD, FD, AD,
     # all, same-time): 500 x 1.63 s + 6 x 30 s = 17 min.
     steps={"*": 800},
     quick_steps={"*": 500},
@@ -208,7 +211,7 @@ COMPONENTS = Suite(
         Target("each component alone (LD, FD, AD) above the student", ("ld", "fd", "ad"), (STUDENT,)),
         Target("all three above any pair (LD+FD, LD+AD, FD+AD)", ("all",), ("ld_fd", "ld_ad", "fd_ad")),
     ),
-    budget="800 steps per run (about 2 h for 3 seeds)",
+    budget="800 steps per run (about 2 h for 3 seeds; about 85 min once `mask` and `progressive` have run)",
 )
 
 LOGITS = Suite(
@@ -229,7 +232,9 @@ LOGITS = Suite(
     ),
     reference="all",
     # Per seed: 800 x (0.115 + 7 x 0.27 + 0.27 same-time) = 1820 s; 3 seeds: 91 min, plus 27 runs
-    # x ~30 s: about 105 min. --quick (4 rows + same-time): 500 x 1.20 s + 5 x 30 s = 12.5 min.
+    # x ~30 s: about 105 min. After `progressive`, the student, "all" (its progressive row) and the
+    # equal-time student are done: 800 x 6 x 0.27 + 6 x 30 s ~ 25 min a seed, about 75 min.
+    # --quick (4 rows + same-time): 500 x 1.20 s + 5 x 30 s = 12.5 min.
     steps={"*": 800},
     quick_steps={"*": 500},
     targets=(
@@ -237,7 +242,7 @@ LOGITS = Suite(
                source="the paper's finding (Table 6)"),
         Target("LD with all three terms above the student", ("all",), (STUDENT,), source="the paper's finding"),
     ),
-    budget="800 steps per run (about 1 h 45 min for 3 seeds)",
+    budget="800 steps per run (about 1 h 45 min for 3 seeds; about 75 min once `progressive` has run)",
 )
 
 PROGRESSIVE = Suite(
