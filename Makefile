@@ -33,11 +33,11 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m ruff check detrdistill tests benchmarks
+	$(PY) -m ruff check detrdistill tests benchmarks notebooks
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(PY) -m ruff check detrdistill tests benchmarks
+	$(PY) -m ruff check detrdistill tests benchmarks notebooks
 
 demo: $(STAMP)
 	$(VENV)/bin/detrdistill demo --data $(DATA) --out runs/demo
