@@ -32,12 +32,11 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-test: $(STAMP)
-	$(PY) -m ruff check detrdistill tests benchmarks notebooks
-	$(PY) -m pytest
-
 lint: $(STAMP)
 	$(PY) -m ruff check detrdistill tests benchmarks notebooks
+
+test: lint
+	$(PY) -m pytest
 
 demo: $(STAMP)
 	$(VENV)/bin/detrdistill demo --data $(DATA) --out runs/demo
