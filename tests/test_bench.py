@@ -10,7 +10,7 @@ import yaml
 from detrdistill.bench import runner
 from detrdistill.bench.bootstrap import ap_table, paired_gain, resample_counts, resampled_aps, weighted_ap
 from detrdistill.bench.overrides import apply_overrides
-from detrdistill.bench.report import check_target
+from detrdistill.bench.report import check_target, mean_checkpoints
 from detrdistill.bench.runner import config_digest, run_suite, same_time_steps
 from detrdistill.bench.suites import (
     DETRDISTILL,
@@ -401,3 +401,11 @@ def test_checkpoints_leave_out_the_final_evaluation_and_a_copy_left_by_an_interr
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert runner.read_checkpoints(tmp_path) == [{"step": 2, "elapsed_s": 1.0, "AP": 0.1, "num_images": 4},
                                                  {"step": 4, "elapsed_s": 2.0, "AP": 0.2, "num_images": 4}]
+
+
+def test_checkpoint_curves_average_ap_take_the_median_time_and_drop_steps_a_seed_missed():
+    runs = [{"checkpoints": [{"step": 2, "AP": 0.1, "elapsed_s": 10.0}, {"step": 4, "AP": 0.3, "elapsed_s": 20.0}]},
+            {"checkpoints": [{"step": 2, "AP": 0.2, "elapsed_s": 12.0}]},
+            # shared the cores with other work: its time would pull a mean to 40 s
+            {"checkpoints": [{"step": 2, "AP": 0.3, "elapsed_s": 98.0}]}]
+    assert mean_checkpoints(runs) == [{"step": 2, "AP": pytest.approx(0.2), "elapsed_s": 12.0, "seeds": 3}]

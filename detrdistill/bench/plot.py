@@ -40,7 +40,7 @@ def plot_summary(summary: dict, path: Path) -> None:
             if points:
                 curves.plot([p["elapsed_s"] / 60 for p in points], [100 * p["AP"] for p in points], marker="o",
                             markersize=3, label=row["label"])
-        curves.set_xlabel("training time (min, mean over seeds)")
+        curves.set_xlabel("training time (min, median over seeds)")
         curves.set_ylabel("AP at checkpoints (x100)")
         curves.set_title("AP during training", fontsize=10)
         if any(row["checkpoints"] for row in section["rows"]):
