@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 def plot_summary(summary: dict, path: Path) -> None:
     """One row of two panels per family, from ``report.build_summary``'s dict, saved as a PNG."""
     families = list(summary["families"].items())
-    figure, axes = plt.subplots(max(len(families), 1), 2, figsize=(13, 4.2 * max(len(families), 1)), squeeze=False)
+    figure, axes = plt.subplots(max(len(families), 1), 2, figsize=(16, 4.2 * max(len(families), 1)), squeeze=False)
     for (family, section), (bars, curves) in zip(families, axes, strict=False):
         labels, means, stds, colours = [], [], [], []
         if section["teacher"] is not None and section["teacher"]["eval"]:
@@ -44,7 +44,8 @@ def plot_summary(summary: dict, path: Path) -> None:
         curves.set_ylabel("AP at checkpoints (x100)")
         curves.set_title("AP during training", fontsize=10)
         if any(row["checkpoints"] for row in section["rows"]):
-            curves.legend(fontsize=7)
+            # Beside the axes: with eight or more rows a legend inside covers the curves.
+            curves.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
