@@ -10,7 +10,7 @@ import yaml
 from detrdistill.bench import runner
 from detrdistill.bench.bootstrap import ap_table, paired_gain, resample_counts, resampled_aps, weighted_ap
 from detrdistill.bench.overrides import apply_overrides
-from detrdistill.bench.report import check_target, mean_checkpoints
+from detrdistill.bench.report import check_target, checkpoints_over_seeds
 from detrdistill.bench.runner import config_digest, run_suite, same_time_steps
 from detrdistill.bench.suites import (
     DETRDISTILL,
@@ -408,4 +408,4 @@ def test_checkpoint_curves_average_ap_take_the_median_time_and_drop_steps_a_seed
             {"checkpoints": [{"step": 2, "AP": 0.2, "elapsed_s": 12.0}]},
             # shared the cores with other work: its time would pull a mean to 40 s
             {"checkpoints": [{"step": 2, "AP": 0.3, "elapsed_s": 98.0}]}]
-    assert mean_checkpoints(runs) == [{"step": 2, "AP": pytest.approx(0.2), "elapsed_s": 12.0, "seeds": 3}]
+    assert checkpoints_over_seeds(runs) == [{"step": 2, "AP": pytest.approx(0.2), "elapsed_s": 12.0, "seeds": 3}]

@@ -166,7 +166,7 @@ def build_summary(plan: SuitePlan, resamples: int = 1000) -> dict:
                 "gain": estimator.gain(runs, rows.get(baseline, [])) if baseline else None,
                 "paper": paper,
                 "paper_gain": None if paper is None or baseline_paper is None else round(paper - baseline_paper, 1),
-                "checkpoints": mean_checkpoints(runs),
+                "checkpoints": checkpoints_over_seeds(runs),
             })
         reference = rows.get(suite.reference, [])
         section["equal_time"] = estimator.gain(reference, rows.get(SAME_TIME, [])) if reference else None
@@ -177,7 +177,7 @@ def build_summary(plan: SuitePlan, resamples: int = 1000) -> dict:
     return summary
 
 
-def mean_checkpoints(runs: list[dict]) -> list[dict]:
+def checkpoints_over_seeds(runs: list[dict]) -> list[dict]:
     """Mean over seeds of AP, and median of training time, at each checkpoint step that every seed reached.
 
     The median because a run that shared the cores with other work has inflated times; one such
