@@ -312,16 +312,17 @@ DEPTH = Suite(
     paper_source="Table 4: Conditional DETR R101 6/6 teacher (36.2 AP) -> R50 students, COCO, 12 epochs",
     variants=_depth_rows(),
     reference="kd_6x6",
-    # The teacher preset with 6 encoder and 6 decoder layers (~0.40 s a step): 3600 steps, 24 min,
-    # trained once. Per seed: 600 x (students 0.17 + 0.145 + 0.145 + 0.115, KD 0.51 + 0.435 +
-    # 0.485 + 0.405, same-time 0.51) = 1750 s; 3 seeds: 88 min, plus 27 runs x ~30 s: about 100 min
-    # (2 h with the teacher). --quick (6/6 and 3/3 rows + same-time, teacher 1000 steps ~7 min):
-    # 300 x 1.71 s + 5 x 30 s + 7 min = 16 min.
+    # Measured at a slow hour of this machine: the teacher preset with 6 encoder and 6 decoder
+    # layers, 3600 steps at 0.70 s, 42 min, trained once. Per seed: 600 x (students 0.28 + 0.25
+    # + 0.21 + 0.12, KD 0.60 + 0.52 + 0.46 + 0.36) + same-time 1290 x 0.25 = 2020 s, plus 9 evals
+    # x ~30 s: 38 min; 3 seeds about 1 h 55 min (2 h 40 min with the teacher). --quick (6/6 and 3/3
+    # rows + same-time, its own 600-step teacher, 7 min): 250 x 1.36 s + 530 x 0.25 s + 5 x 30 s
+    # + 7 min = 18 min.
     steps={"*": 600},
-    quick_steps={"*": 300},
+    quick_steps={"*": 250},
     teacher_overrides={"model.encoder_layers": 6, "model.decoder_layers": 6},
     teacher_suffix="_6x6",
-    quick_teacher_steps=1000,
+    quick_teacher_steps=600,
     show_teacher=True,
     paper_teacher={"*": 36.2},
     targets=(
@@ -332,7 +333,7 @@ DEPTH = Suite(
         Target("KD 3/3 above the undistilled 6/6 student", ("kd_3x3",), ("student_6x6",),
                source="the paper's finding"),
     ),
-    budget="600 steps per run plus a 6/6 teacher (about 2 h for 3 seeds)",
+    budget="600 steps per run: about 2 h for 3 seeds, plus 40 min for the 6/6 teacher, trained once",
 )
 
 RELEASE = Suite(
