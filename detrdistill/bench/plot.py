@@ -14,7 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 def plot_summary(summary: dict, path: Path) -> None:
     """One row of two panels per family, from ``report.build_summary``'s dict, saved as a PNG."""
     families = list(summary["families"].items())
-    figure, axes = plt.subplots(max(len(families), 1), 2, figsize=(16, 4.2 * max(len(families), 1)), squeeze=False)
+    rows = max(len(families), 1)
+    figure, axes = plt.subplots(rows, 2, figsize=(16, 4.2 * rows), squeeze=False)
     for (family, section), (bars, curves) in zip(families, axes, strict=False):
         labels, means, stds, colours = [], [], [], []
         if section["teacher"] is not None and section["teacher"]["eval"]:
