@@ -252,6 +252,8 @@ def fit(
     metrics = evaluate_across_processes(accelerator, model, val_set, config.data.eval_batch_size, None, progress)
     result = {**metrics, "steps": step, "train_s": round(elapsed_s, 1),
               "step_ms": round(1000 * elapsed_s / max(step, 1), 1), "split": val_set.split}
+    if device.type == "cuda":
+        result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     if main:
         _append_jsonl(metrics_path, {"step": step, "elapsed_s": round(elapsed_s, 1), "eval": metrics})
         (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
