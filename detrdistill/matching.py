@@ -6,6 +6,11 @@ solves each image's [Q, n_i] block.
 
 from __future__ import annotations
 
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
@@ -14,18 +19,31 @@ from detrdistill.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 MatchIndices = list[tuple[torch.Tensor, torch.Tensor]]
 
 
+@functools.cache
+def _solver_pool(threads: int, pid: int) -> ThreadPoolExecutor:
+    """One pool per thread count and process (``pid``: a forked child must not use its parent's threads)."""
+    return ThreadPoolExecutor(threads, thread_name_prefix="hungarian")
+
+
+def _solve(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return linear_sum_assignment(np.nan_to_num(cost, nan=1e8, posinf=1e8, neginf=1e8))
+
+
 def solve_each(costs: list[torch.Tensor]) -> MatchIndices:
     """Optimal assignment of each [R_i, C_i] cost matrix -> (row indices, column indices),
     both int64 [min(R_i, C_i)], rows ascending.
 
-    Non-finite costs become a huge finite value so the solver never fails on them.
+    Non-finite costs become a huge finite value so the solver never fails on them. The
+    matrices are solved on up to ``torch.get_num_threads()`` threads at once (scipy's solver
+    releases the GIL): logits distillation at paper scale solves 96 matrices of 300 x 300 a
+    step, which measured 2.9 s of a 3.4 s distill step on an H200 when solved one by one.
     """
-    indices = []
-    for cost in costs:
-        cost = torch.nan_to_num(cost.detach().float(), nan=1e8, posinf=1e8, neginf=1e8).cpu()
-        rows, cols = linear_sum_assignment(cost.numpy())
-        indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
-    return indices
+    arrays = [cost.detach().float().cpu().numpy() for cost in costs]
+    threads = torch.get_num_threads()
+    parallel = threads > 1 and len(arrays) > 1
+    solved = _solver_pool(threads, os.getpid()).map(_solve, arrays) if parallel else map(_solve, arrays)
+    return [(torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64))
+            for rows, cols in solved]
 
 
 def solve_assignments(cost: torch.Tensor, sizes: list[int]) -> MatchIndices:

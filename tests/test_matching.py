@@ -4,10 +4,11 @@ import itertools
 
 import pytest
 import torch
+from scipy.optimize import linear_sum_assignment
 from transformers.loss.loss_deformable_detr import DeformableDetrHungarianMatcher
 from transformers.loss.loss_for_object_detection import HungarianMatcher as TransformersHungarianMatcher
 
-from detrdistill.matching import HungarianMatcher, solve_assignments
+from detrdistill.matching import HungarianMatcher, solve_assignments, solve_each
 
 NUM_CLASSES = 3
 
@@ -169,3 +170,19 @@ def test_matches_transformers_matchers_on_random_predictions(class_head):
     reference = reference_class(class_cost=2.0, bbox_cost=5.0, giou_cost=2.0)
     expected = reference({"logits": logits, "pred_boxes": boxes}, targets)
     assert as_lists(ours(logits, boxes, targets)) == as_lists(expected)
+
+
+def test_solve_each_on_several_threads_equals_one_by_one_scipy():
+    generator = torch.Generator().manual_seed(3)
+    costs = [torch.rand(30, 30, generator=generator) for _ in range(7)] + [torch.rand(5, 9, generator=generator)]
+    costs[2][4, :] = float("nan")  # a row the solver must avoid, not fail on
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        solved = solve_each(costs)
+    finally:
+        torch.set_num_threads(threads)
+    for cost, (rows, cols) in zip(costs, solved, strict=True):
+        expected_rows, expected_cols = linear_sum_assignment(torch.nan_to_num(cost, nan=1e8).numpy())
+        assert rows.tolist() == expected_rows.tolist() and cols.tolist() == expected_cols.tolist()
+        assert rows.dtype == cols.dtype == torch.int64
