@@ -56,6 +56,8 @@ def cmd_make_shapes(args) -> None:
 
 
 def cmd_pretrain_backbone(args) -> None:
+    import torch
+
     from detrdistill.data.coco import CocoDetection
     from detrdistill.models.backbone_pretraining import cached_backbone
     from detrdistill.training.prepare import default_backbone_cache
@@ -63,8 +65,9 @@ def cmd_pretrain_backbone(args) -> None:
     config = _config_with_overrides(args)
     dataset = CocoDetection(args.data, config.data.train_split, transforms=None)
     cache = args.backbone_cache or default_backbone_cache(args.data)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     _, stats, path = cached_backbone(
-        dataset, config.model.backbone, config.backbone_pretraining, cache, config.train.seed
+        dataset, config.model.backbone, config.backbone_pretraining, cache, config.train.seed, device=device
     )
     print(f"backbone: {path}  (crop val accuracy {stats['val_accuracy']:.3f} over {stats['num_crops']} crops)")
 

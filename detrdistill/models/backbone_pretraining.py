@@ -117,26 +117,32 @@ def pretrain_backbone(
     pretraining: BackbonePretrainingConfig,
     seed: int = 0,
     progress: bool = True,
+    device: torch.device | str = "cpu",
 ) -> tuple[dict[str, torch.Tensor], dict]:
-    """Train a crop classifier; return (ResNetBackbone state_dict, {"val_accuracy", ...})."""
+    """Train a crop classifier on ``device``; return (ResNetBackbone state_dict on the CPU, {"val_accuracy", ...}).
+
+    The batch draws come from a CPU generator whatever the device, so the crops each step
+    sees do not depend on it.
+    """
+    device = torch.device(device)
     torch.manual_seed(seed)
     crops, labels = extract_crops(dataset, pretraining.crop_size, seed)
     order = np.random.default_rng(seed).permutation(len(labels))
     num_val = max(1, int(len(labels) * VAL_FRACTION))
     val_idx, train_idx = order[:num_val], order[num_val:]
-    train_images, train_labels = _to_tensor(crops[train_idx]), torch.from_numpy(labels[train_idx])
-    val_images, val_labels = _to_tensor(crops[val_idx]), torch.from_numpy(labels[val_idx])
+    train_images, train_labels = _to_tensor(crops[train_idx]).to(device), torch.from_numpy(labels[train_idx]).to(device)
+    val_images, val_labels = _to_tensor(crops[val_idx]).to(device), torch.from_numpy(labels[val_idx]).to(device)
 
-    model = CropClassifier(backbone, dataset.num_classes + 1)
+    model = CropClassifier(backbone, dataset.num_classes + 1).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=pretraining.lr, weight_decay=pretraining.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=pretraining.lr, total_steps=pretraining.steps)
     generator = torch.Generator().manual_seed(seed)
     bar = tqdm(range(pretraining.steps), desc="pretraining backbone", disable=not progress)
     model.train()
     for _ in bar:
-        batch = torch.randint(len(train_labels), (pretraining.batch_size,), generator=generator)
+        batch = torch.randint(len(train_labels), (pretraining.batch_size,), generator=generator).to(device)
         images = train_images[batch]
-        flip = torch.rand(len(batch), generator=generator) < 0.5
+        flip = (torch.rand(len(batch), generator=generator) < 0.5).to(device)
         images[flip] = images[flip].flip(-1)
         loss = F.cross_entropy(model(images), train_labels[batch])
         optimizer.zero_grad(set_to_none=True)
@@ -152,7 +158,7 @@ def pretrain_backbone(
         "num_crops": int(len(labels)),
         "steps": pretraining.steps,
     }
-    return model.backbone.state_dict(), stats
+    return {name: tensor.cpu() for name, tensor in model.backbone.state_dict().items()}, stats
 
 
 def cached_backbone(
@@ -162,8 +168,9 @@ def cached_backbone(
     cache_dir: Path,
     seed: int = 0,
     progress: bool = True,
+    device: torch.device | str = "cpu",
 ) -> tuple[dict[str, torch.Tensor], dict, Path]:
-    """Load the pretrained backbone from ``cache_dir`` or pretrain and store it there.
+    """Load the pretrained backbone from ``cache_dir`` or pretrain it on ``device`` and store it there.
 
     Returns (state_dict, stats, path of the cached file).
     """
@@ -172,7 +179,7 @@ def cached_backbone(
     if path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
         return saved["state_dict"], saved["stats"], path
-    state_dict, stats = pretrain_backbone(dataset, backbone, pretraining, seed=seed, progress=progress)
+    state_dict, stats = pretrain_backbone(dataset, backbone, pretraining, seed=seed, progress=progress, device=device)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"state_dict": state_dict, "stats": stats, "backbone": vars(backbone)}, tmp)

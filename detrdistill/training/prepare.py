@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import torch
+
 from detrdistill.config import DataConfig, RunConfig
 from detrdistill.data.coco import CocoDetection
 from detrdistill.data.transforms import build_transforms
@@ -37,13 +39,14 @@ def default_backbone_cache(data_dir: Path) -> Path:
 
 
 def prepare_detector(
-    config: RunConfig, train_set: CocoDetection, backbone_cache: Path, progress: bool = True
+    config: RunConfig, train_set: CocoDetection, backbone_cache: Path, progress: bool = True,
+    device: torch.device | str = "cpu",
 ) -> tuple[object, dict]:
     """A detector ready to train and a dict describing where its weights came from.
 
     ``model.pretrained`` set: load that directory. Otherwise build from the config and, when
     backbone pretraining is enabled, start the backbone from the cached crop-classifier
-    (pretraining it first if the cache has no entry).
+    (pretraining it first, on ``device``, if the cache has no entry). The detector stays on the CPU.
     """
     if config.model.pretrained:
         model = load_detector(config.model.pretrained)
@@ -57,7 +60,8 @@ def prepare_detector(
     raw_train = train_set.without_transforms()
     start = time.perf_counter()
     state_dict, stats, path = cached_backbone(
-        raw_train, config.model.backbone, config.backbone_pretraining, backbone_cache, config.train.seed, progress
+        raw_train, config.model.backbone, config.backbone_pretraining, backbone_cache, config.train.seed, progress,
+        device,
     )
     load_backbone_weights(model, state_dict)
     return model, {"init": "pretrained backbone", "backbone_cache": str(path), "load_or_pretrain_s":

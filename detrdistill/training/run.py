@@ -43,7 +43,8 @@ def run_training(
     # The main process pretrains a missing backbone into the cache; the others then read it.
     with accelerator.main_process_first():
         cache = backbone_cache or default_backbone_cache(data_dir)
-        student, init = prepare_detector(config, train_set, cache, progress and accelerator.is_main_process)
+        student, init = prepare_detector(config, train_set, cache, progress and accelerator.is_main_process,
+                                         accelerator.device)
     out_dir.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
         (out_dir / "init.json").write_text(json.dumps({**init, "teacher": config.distill.teacher}, indent=2))
