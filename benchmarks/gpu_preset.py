@@ -143,8 +143,11 @@ def pair_step_cost(data: Path, family: str, rounds: int, smoke: bool, device: to
     return result
 
 
-def short_run(data: Path, runs: Path, args: argparse.Namespace) -> dict:
-    """Teacher, then student and DETRDistill, through the CLI; one record per run (finished runs are kept)."""
+def short_run(data: Path, runs: Path, args: argparse.Namespace, records: dict, on_record) -> dict:
+    """Teacher, then student and DETRDistill, through the CLI, into ``records`` (name -> record).
+
+    ``on_record()`` runs after each run, so a cut-short lease keeps the runs that finished;
+    finished runs (an eval.json) are not redone."""
     teacher_preset, student_preset = PAIRS[RUN_FAMILY]
     common = {"backbone_pretraining.steps": args.pretrain_steps, "train.eval_every": 0,
               "train.checkpoint_every": 10**6, "train.warmup_steps": 100}
@@ -154,7 +157,6 @@ def short_run(data: Path, runs: Path, args: argparse.Namespace) -> dict:
             "student": ("train", student_preset, student_budget),
             "detrdistill": ("distill", student_preset, student_budget)}
     runs.mkdir(parents=True, exist_ok=True)
-    records = {}
     for name, (verb, preset, budget) in plan.items():
         out = runs / name
         config_path = runs / f"{name}.yaml"
@@ -173,6 +175,7 @@ def short_run(data: Path, runs: Path, args: argparse.Namespace) -> dict:
             **{k: evaluation.get(k) for k in ("AP", "AP50", "AP75", "steps", "step_ms", "train_s", "peak_memory_gib")},
         }
         print(f"[gpu] {name}: AP {evaluation['AP']:.3f} after {evaluation['steps']} steps", flush=True)
+        on_record()
     return records
 
 
@@ -202,7 +205,7 @@ def report(result: dict) -> str:
         m = result["paper_scale_matching"]
         lines += ["", f"Teacher-student matching of one step at paper scale ({m['scale']}) on the host CPU: "
                   f"{m['median_s']['batched']} s (scipy linear_sum_assignment; same on any GPU)."]
-    if "short_run" in result:
+    if result.get("short_run"):
         lines += ["", "## A short run: Conditional DETR R101 teacher -> R50 student", "",
                   "Budgets far below the paper's (minutes, not epochs): these APs show the presets train end to end "
                   "on this card, not what they reach.", "",
@@ -264,7 +267,8 @@ def main() -> None:
     if "matching" not in args.skip:
         part("paper_scale_matching", lambda: paper_scale_matching(repeats=2))
     if "run" not in args.skip:
-        part("short_run", lambda: short_run(args.data, args.runs, args))
+        result["short_run"] = {}
+        part("short_run", lambda: short_run(args.data, args.runs, args, result["short_run"], write))
     print(report(result))
     if failed:
         sys.exit(f"failed parts: {', '.join(failed)} (tracebacks above and in gpu.json)")
