@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from detrdistill.bench import runner
+from detrdistill.bench import report, runner
 from detrdistill.bench.bootstrap import ap_table, paired_gain, resample_counts, resampled_aps, weighted_ap
 from detrdistill.bench.overrides import apply_overrides
 from detrdistill.bench.report import check_target, checkpoints_over_seeds
@@ -409,3 +409,27 @@ def test_checkpoint_curves_average_ap_take_the_median_time_and_drop_steps_a_seed
             # shared the cores with other work: its time would pull a mean to 40 s
             {"checkpoints": [{"step": 2, "AP": 0.3, "elapsed_s": 98.0}]}]
     assert checkpoints_over_seeds(runs) == [{"step": 2, "AP": pytest.approx(0.2), "elapsed_s": 12.0, "seeds": 3}]
+
+
+def test_a_rebuild_without_run_directories_keeps_the_same_runs_intervals_and_teacher():
+    def gain(per_seed, low=None):
+        mean = float(np.mean(per_seed))
+        return {"seeds": [0, 1], "per_seed": per_seed, "std": 0.01, "gain": mean, "low": low,
+                "high": None if low is None else mean + 0.05}
+
+    def summary(teacher_eval, same_gain, other_gain, own_gain):
+        rows = [{"key": "all", "gain": same_gain}, {"key": "ld", "gain": other_gain}, {"key": "fd", "gain": own_gain}]
+        return {"families": {"conditional_detr": {"teacher": {"dir": "runs/t", "eval": teacher_eval},
+                                                  "rows": rows, "equal_time": None}}}
+
+    earlier = summary({"AP": 0.5}, gain([0.1, 0.2], 0.1), gain([0.1, 0.2], 0.1), gain([0.3, 0.3], 0.2))
+    # Tables gone: no interval for "all" (same runs) nor "ld" (its runs changed); "fd" has its own.
+    rebuilt = report.keep_earlier_numbers(
+        summary({}, gain([0.1, 0.2]), gain([0.1, 0.25]), gain([0.3, 0.3], 0.25)), earlier)
+    section = rebuilt["families"]["conditional_detr"]
+    rows = {row["key"]: row["gain"] for row in section["rows"]}
+    assert rows["all"]["low"] == 0.1 and rows["all"]["carried_over"]
+    assert rows["ld"]["low"] is None and "carried_over" not in rows["ld"]
+    assert rows["fd"]["low"] == 0.25 and "carried_over" not in rows["fd"]
+    assert section["teacher"]["eval"]["AP"] == 0.5 and section["teacher"]["eval"]["carried_over"]
+    assert report._gain_text(rows["all"]).endswith("†") and not report._gain_text(rows["fd"]).endswith("†")

@@ -177,6 +177,52 @@ def build_summary(plan: SuitePlan, resamples: int = 1000) -> dict:
     return summary
 
 
+def _same_runs(gain: dict, earlier: dict | None) -> bool:
+    """Whether ``earlier`` was computed from the same seeds and per-seed gains as ``gain``."""
+    if not earlier or earlier.get("seeds") != gain["seeds"]:
+        return False
+    return all(math.isclose(a, b, abs_tol=1e-12) for a, b in zip(earlier["per_seed"], gain["per_seed"], strict=True))
+
+
+def _any_carried(summary: dict) -> bool:
+    for section in summary["families"].values():
+        gains = [row["gain"] for row in section["rows"]] + [section["equal_time"]]
+        teacher = section["teacher"] or {"eval": {}}
+        if any(g and g.get("carried_over") for g in gains) or teacher["eval"].get("carried_over"):
+            return True
+    return False
+
+
+def _carried(gain: dict | None, earlier: dict | None) -> dict | None:
+    """``gain`` with the earlier build's interval when it has none of its own and the runs are the same."""
+    if not gain or gain.get("low") is not None or not _same_runs(gain, earlier) or earlier.get("low") is None:
+        return gain
+    return {**earlier, "note": "interval from the page's previous build (the runs' AP tables are gone)",
+            "carried_over": True}
+
+
+def keep_earlier_numbers(summary: dict, earlier: dict) -> dict:
+    """Fill what this build cannot compute from the page's previous build (its .json), in place.
+
+    Bootstrap intervals need each run's AP table and the teacher row its eval.json, both in
+    run directories; when those were deleted (a fresh checkout, a cleaned runs/), the same
+    runs' numbers from the previous build are kept rather than dropped. An interval is kept
+    only for the same seeds and per-seed gains; a teacher's evaluation only for the same directory.
+    """
+    for family, section in summary["families"].items():
+        before = earlier.get("families", {}).get(family)
+        if not before:
+            continue
+        rows_before = {row["key"]: row for row in before["rows"]}
+        for row in section["rows"]:
+            row["gain"] = _carried(row["gain"], rows_before.get(row["key"], {}).get("gain"))
+        section["equal_time"] = _carried(section["equal_time"], before.get("equal_time"))
+        teacher, teacher_before = section["teacher"], before.get("teacher")
+        if teacher is not None and not teacher["eval"] and teacher_before and teacher_before["dir"] == teacher["dir"]:
+            teacher["eval"] = {**teacher_before["eval"], "carried_over": True}
+    return summary
+
+
 def checkpoints_over_seeds(runs: list[dict]) -> list[dict]:
     """Mean over seeds of AP, and median of training time, at each checkpoint step that every seed reached.
 
@@ -212,7 +258,7 @@ def _gain_text(gain: dict | None) -> str:
         return ""
     text = _points(gain["gain"])
     if gain.get("low") is not None:
-        text += f" [{_points(gain['low'])}, {_points(gain['high'])}]"
+        text += f" [{_points(gain['low'])}, {_points(gain['high'])}]{'†' if gain.get('carried_over') else ''}"
     return text
 
 
@@ -247,7 +293,8 @@ def render_markdown(summary: dict, plan: SuitePlan) -> str:
             t = teacher["eval"]
             paper = "-" if teacher["paper"] is None else f"{teacher['paper']:.1f}"
             cells = [_ap(t.get(k)) for k in AP_KEYS]
-            lines.append(f"| teacher (`{teacher['dir']}`, 1 run) | " + " | ".join(cells) +
+            lines.append(f"| teacher (`{teacher['dir']}`, 1 run){'†' if t.get('carried_over') else ''} | "
+                         + " | ".join(cells) +
                          f" | {t.get('steps', '-')} | {t.get('step_ms', '-')} | | {paper} |")
         labels = {row["key"]: row["label"] for row in section["rows"]}
         for row in section["rows"]:
@@ -275,6 +322,10 @@ def render_markdown(summary: dict, plan: SuitePlan) -> str:
             for row in section["rows"]:
                 at = {p["step"]: p["AP"] for p in row["checkpoints"]}
                 lines.append(f"| {row['label']} | " + " | ".join(_ap(at.get(s)) for s in steps) + " |")
+    if _any_carried(summary):
+        lines += ["", "† From this page's previous build: the run directories behind it (AP tables, the teacher's "
+                  "eval.json) are gone, and the same runs' numbers were kept (runs matched by seeds and per-seed "
+                  "gains; the teacher by its directory)."]
     lines += ["", "## Targets", ""]
     if not summary["targets"]:
         lines.append("This suite has no acceptance targets; it reports the comparison only.")
@@ -300,9 +351,10 @@ def write_report(plan: SuitePlan, resamples: int = 1000) -> Path:
     """Write RESULTS/<suite>.md, .json and .png; return the .md path."""
     from detrdistill.bench.plot import plot_summary
 
-    summary = build_summary(plan, resamples)
-    plan.results.mkdir(parents=True, exist_ok=True)
     base = plan.results / plan.result_name
+    earlier = json.loads(base.with_suffix(".json").read_text()) if base.with_suffix(".json").is_file() else {}
+    summary = keep_earlier_numbers(build_summary(plan, resamples), earlier)
+    plan.results.mkdir(parents=True, exist_ok=True)
     base.with_suffix(".json").write_text(json.dumps(_finite(summary), indent=2))
     base.with_suffix(".md").write_text(render_markdown(summary, plan))
     plot_summary(summary, base.with_suffix(".png"))
