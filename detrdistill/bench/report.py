@@ -178,8 +178,10 @@ def build_summary(plan: SuitePlan, resamples: int = 1000) -> dict:
 
 
 def _same_runs(gain: dict, earlier: dict | None) -> bool:
-    """Whether ``earlier`` was computed from the same seeds and per-seed gains as ``gain``."""
-    if not earlier or earlier.get("seeds") != gain["seeds"]:
+    """Whether ``earlier`` was computed from the same per-seed gains as ``gain`` (seed by seed).
+
+    The per-seed gains, not ``seeds``: an interval's dict holds the seed count there."""
+    if not earlier or len(earlier.get("per_seed", [])) != len(gain["per_seed"]):
         return False
     return all(math.isclose(a, b, abs_tol=1e-12) for a, b in zip(earlier["per_seed"], gain["per_seed"], strict=True))
 
@@ -207,7 +209,7 @@ def keep_earlier_numbers(summary: dict, earlier: dict) -> dict:
     Bootstrap intervals need each run's AP table and the teacher row its eval.json, both in
     run directories; when those were deleted (a fresh checkout, a cleaned runs/), the same
     runs' numbers from the previous build are kept rather than dropped. An interval is kept
-    only for the same seeds and per-seed gains; a teacher's evaluation only for the same directory.
+    only for the same per-seed gains; a teacher's evaluation only for the same directory.
     """
     for family, section in summary["families"].items():
         before = earlier.get("families", {}).get(family)
@@ -324,8 +326,8 @@ def render_markdown(summary: dict, plan: SuitePlan) -> str:
                 lines.append(f"| {row['label']} | " + " | ".join(_ap(at.get(s)) for s in steps) + " |")
     if _any_carried(summary):
         lines += ["", "† From this page's previous build: the run directories behind it (AP tables, the teacher's "
-                  "eval.json) are gone, and the same runs' numbers were kept (runs matched by seeds and per-seed "
-                  "gains; the teacher by its directory)."]
+                  "eval.json) are gone, and the same runs' numbers were kept (runs matched by their per-seed gains; "
+                  "the teacher by its directory)."]
     lines += ["", "## Targets", ""]
     if not summary["targets"]:
         lines.append("This suite has no acceptance targets; it reports the comparison only.")
