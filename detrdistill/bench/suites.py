@@ -164,11 +164,12 @@ MAIN = Suite(
     # Conditional DETR's student leaves its loss plateau late: at 800 steps every row of seed 0
     # sat at 0.6-1.1 AP (student 0.6, DETRDistill 1.1), a comparison of noise; at 2000 the
     # student has 4.0 (benchmarks/results/distill_gain_conditional_detr.md). So conditional runs
-    # 2000 steps, which costs the suite its 2-h budget. Per seed, at the step times measured in
-    # the suite (s): deformable 600 x (0.14 + 4 x 0.3 + 0.4 + 0.4 same-time) ~ 1300 s;
-    # conditional 2000 x (0.125 + 4 x 0.24 + 0.28 + 0.28) ~ 3300 s; plus 42 runs x ~30 s of
-    # evaluation: about 4 h 15 min for 3 seeds. --quick (deformable, student/FitNet/DETRDistill/
-    # same-time, 1 seed): 500 x 1.05 s + 4 x 30 s = 11 min. Both assume trained teacher presets.
+    # 2000 steps. Per seed, at the step times measured in the suite (s): deformable 600 x (0.13
+    # + 4 x 0.32 + 0.3 + 0.35 same-time) ~ 1250 s at a slow hour; conditional (3-stage student,
+    # 2026-11-26, a fast hour) 2000 x (0.043 + 4 x 0.088 + 0.105 + 0.11 same-time) ~ 1200 s;
+    # plus 42 runs x ~20 s of evaluation: about 2 h 20 min for 3 seeds (the conditional half took
+    # 73 min). --quick (deformable, student/FitNet/DETRDistill/same-time, 1 seed): 500 x 1.05 s
+    # + 4 x 30 s = 11 min. Both assume trained teacher presets.
     steps={"deformable_detr": 600, "conditional_detr": 2000, "*": 800},
     quick_steps={"*": 500},
     families=("deformable_detr", "conditional_detr"),
@@ -179,8 +180,9 @@ MAIN = Suite(
                ("detrdistill",), (STUDENT,), min_gain=0.025, std_multiple=2.0),
         Target("DETRDistill above FitNet, MGD and FGD", ("detrdistill",), ("fitnet", "mgd", "fgd")),
     ),
-    budget="deformable 600 steps, conditional 2000 steps per run (about 4 h 15 min for 2 families x 3 seeds "
-           "here; 800 conditional steps, which fit 2 h, left every row on the loss plateau)",
+    budget="deformable 600 steps, conditional 2000 steps per run (about 2 h 20 min for 2 families x 3 seeds "
+           "here: deformable timed at a slow hour, conditional at a fast one; 800 conditional steps left every "
+           "row on the loss plateau)",
 )
 
 COMPONENTS = Suite(
