@@ -98,7 +98,7 @@ def pair_step_cost(data: Path, family: str, rounds: int, smoke: bool, device: to
     """Median ms and peak GiB per step kind of one family's gpu preset pair (models at random init).
 
     Each kind runs its rounds back to back (2 warm-up steps first) so that its peak memory is
-    its own; the models and optimiser-free gradients of every kind share one process.
+    its own. A step is forward and backward; there is no optimiser, the gradients are dropped.
     """
     teacher_preset, student_preset = PAIRS[family]
     student_config = preset_config(student_preset, smoke)
