@@ -94,26 +94,36 @@ def _reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
+def build_pair(data: Path, family: str, device: torch.device, overrides: dict, num_batches: int):
+    """One family's gpu preset pair (random init, seed 0) on ``device``, with ``overrides`` on both presets.
+
+    Returns (student config, DETRDistill objective, trainable parameters, ``num_batches`` real
+    training batches of the preset's size, already on ``device``).
+    """
+    teacher_preset, student_preset = PAIRS[family]
+    student_config = apply_overrides(load_config(student_preset), overrides, where=student_preset)
+    teacher_config = apply_overrides(load_config(teacher_preset), overrides, where=teacher_preset)
+    train_set, _ = load_datasets(data, student_config.data)
+    torch.manual_seed(0)
+    teacher = build_detector(teacher_config.model, train_set.id2label).eval().to(device)
+    student = build_detector(student_config.model, train_set.id2label).train().to(device)
+    distill = DETRDistillObjective(student, teacher, student_config)
+    distill.heads.to(device)
+    size = student_config.data.batch_size
+    batches = [send_to_device(collate_detection([train_set[i * size + j] for j in range(size)]), device)
+               for i in range(num_batches)]
+    return student_config, distill, [*student.parameters(), *distill.heads.parameters()], batches
+
+
 def pair_step_cost(data: Path, family: str, rounds: int, smoke: bool, device: torch.device) -> dict:
     """Median ms and peak GiB per step kind of one family's gpu preset pair (models at random init).
 
     Each kind runs its rounds back to back (2 warm-up steps first) so that its peak memory is
     its own. A step is forward and backward; there is no optimiser, the gradients are dropped.
     """
-    teacher_preset, student_preset = PAIRS[family]
-    student_config = preset_config(student_preset, smoke)
+    student_config, distill, parameters, batches = build_pair(data, family, device, SMOKE if smoke else {}, 2)
     precision = student_config.train.mixed_precision
-    train_set, _ = load_datasets(data, student_config.data)
-    torch.manual_seed(0)
-    teacher = build_detector(preset_config(teacher_preset, smoke).model, train_set.id2label).eval().to(device)
-    student = build_detector(student_config.model, train_set.id2label).train().to(device)
-    distill = DETRDistillObjective(student, teacher, student_config)
-    distill.heads.to(device)
-    objectives = {"student": DetectionObjective(student, student_config), "distill": distill}
-    size = student_config.data.batch_size
-    batches = [collate_detection([train_set[i * size + j] for j in range(size)]) for i in range(2)]
-    batches = [send_to_device(b, device) for b in batches]
-    parameters = list(student.parameters()) + list(distill.heads.parameters())
+    objectives = {"student": DetectionObjective(distill.student, student_config), "distill": distill}
 
     def step(kind: str, batch: dict) -> None:
         if kind == "teacher_forward":
@@ -126,7 +136,8 @@ def pair_step_cost(data: Path, family: str, rounds: int, smoke: bool, device: to
         for p in parameters:
             p.grad = None
 
-    result = {"batch": size, "image_size": student_config.data.image_size, "precision": precision}
+    data_config = student_config.data
+    result = {"batch": data_config.batch_size, "image_size": data_config.image_size, "precision": precision}
     for kind in STEP_KINDS:
         _synchronize(device)
         _reset_peak(device)

@@ -1,6 +1,6 @@
 """Where a DETRDistill step's time goes: one gpu preset pair, each component alone, and profiles.
 
-    python benchmarks/profile_distill_step.py [--family conditional] [--small]
+    python benchmarks/profile_distill_step.py [--family conditional_detr] [--small]
 
 Builds the pair at paper size (random init) on the GPU if there is one, takes one real batch
 of the preset's size and prints: the time of a distill step with no component, each of LD,
@@ -17,19 +17,17 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import sys
 import time
+from pathlib import Path
 
 import torch
-from accelerate.utils import send_to_device
 from torch.profiler import ProfilerActivity, profile
 
-from detrdistill.bench.overrides import apply_overrides
-from detrdistill.config import load_config
-from detrdistill.data.collate import collate_detection
-from detrdistill.distiller import DETRDistillObjective
-from detrdistill.models.build import build_detector
 from detrdistill.training.precision import autocast
-from detrdistill.training.prepare import load_datasets
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gpu_preset import PAIRS, build_pair  # noqa: E402
 
 SMALL = {"model.backbone.layer_type": "basic", "model.backbone.embedding_size": 8,
          "model.backbone.hidden_sizes": [8, 16, 32, 64], "model.backbone.depths": [1, 1, 1, 1],
@@ -39,29 +37,20 @@ COMPONENTS = ("logits", "features", "assignment")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="data/shapes")
-    parser.add_argument("--family", choices=["conditional", "deformable"], default="conditional")
+    parser.add_argument("--data", type=Path, default=Path("data/shapes"))
+    parser.add_argument("--family", choices=list(PAIRS), default="conditional_detr")
     parser.add_argument("--small", action="store_true", help="small backbone and images, for a CPU")
     args = parser.parse_args()
-    overrides = SMALL if args.small else {}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    student_config = apply_overrides(load_config(f"gpu_{args.family}_student"), overrides)
-    teacher_config = apply_overrides(load_config(f"gpu_{args.family}_teacher"), overrides)
-    train_set, _ = load_datasets(args.data, student_config.data)
-    torch.manual_seed(0)
-    teacher = build_detector(teacher_config.model, train_set.id2label).eval().to(device)
-    student = build_detector(student_config.model, train_set.id2label).train().to(device)
-    objective = DETRDistillObjective(student, teacher, student_config)
-    objective.heads.to(device)
-    size = student_config.data.batch_size
-    batch = send_to_device(collate_detection([train_set[i] for i in range(size)]), device)
+    student_config, objective, parameters, (batch,) = build_pair(
+        args.data, args.family, device, SMALL if args.small else {}, num_batches=1)
     precision = student_config.train.mixed_precision
 
     def step() -> None:
         with autocast(precision, device):
             loss = sum(objective(batch).values())
         loss.backward()
-        for p in student.parameters():
+        for p in parameters:
             p.grad = None
         if device.type == "cuda":
             torch.cuda.synchronize(device)
