@@ -99,6 +99,9 @@ def runs(shapes_dir, tmp_path_factory, tiny_run_config):
         "checkpoint": torch.load(root / "resumed" / CHECKPOINT_NAME, weights_only=False)["step"],
         "eval": json.loads((root / "resumed" / "eval.json").read_text()),
     }
+    # Marks the first half's init record, which the resume must keep rather than rewrite.
+    init_path = root / "resumed" / "init.json"
+    init_path.write_text(json.dumps({**json.loads(init_path.read_text()), "part": "first"}))
     assert train_cli(config_path, shapes_dir, root / "resumed", "--resume") == 0
     return {
         "config": config,
@@ -139,8 +142,16 @@ def test_existing_run_needs_resume(runs, shapes_dir, capsys):
     assert train_cli(runs["config_path"], shapes_dir, runs["full"]) == 2
     err = capsys.readouterr().err
     assert "--resume" in err and CHECKPOINT_NAME in err
-    # The run is untouched.
+    # The run is untouched: the refusal comes before any file is written.
+    before = {path: path.stat().st_mtime_ns for path in runs["full"].rglob("*")}
+    assert train_cli(runs["config_path"], shapes_dir, runs["full"]) == 2
+    assert {path: path.stat().st_mtime_ns for path in runs["full"].rglob("*")} == before
     assert len(step_losses(runs["full"])) == STEPS
+
+
+def test_resume_keeps_the_init_record_of_the_runs_start(runs):
+    """init.json tells how the run began (its pretraining time), so the resumed half leaves it be."""
+    assert json.loads((runs["resumed"] / "init.json").read_text())["part"] == "first"
 
 
 def test_fit_refuses_to_overwrite_a_run(runs, shapes_dir, tmp_path):

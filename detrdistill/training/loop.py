@@ -93,6 +93,15 @@ def box_normaliser(batches: list[dict]) -> float:
     return max(mean_over_processes(local).item() / len(batches), 1.0)
 
 
+def refuse_existing_run(out_dir: Path, resume: bool) -> None:
+    """Raise if ``out_dir`` holds a checkpoint and ``resume`` is off, before anything is written there."""
+    if not resume and (Path(out_dir) / CHECKPOINT_NAME).exists():
+        raise FileExistsError(
+            f"{out_dir} already holds a run ({CHECKPOINT_NAME}); pass --resume to continue it "
+            "or choose another --out"
+        )
+
+
 def _append_jsonl(path: Path, record: dict) -> None:
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
@@ -142,12 +151,8 @@ def fit(
     torch.manual_seed(train.seed + accelerator.process_index)
 
     step, elapsed_s = 0, 0.0
+    refuse_existing_run(out_dir, resume)
     if checkpoint_path.exists():
-        if not resume:
-            raise FileExistsError(
-                f"{out_dir} already holds a run ({CHECKPOINT_NAME}); pass --resume to continue it "
-                "or choose another --out"
-            )
         step, elapsed_s = load_checkpoint(checkpoint_path, objective.modules, optimizer,
                                           accelerator.process_index, accelerator.num_processes, scaler)
         if main:

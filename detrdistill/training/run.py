@@ -13,7 +13,7 @@ from detrdistill.distiller import DETRDistillObjective
 from detrdistill.models.build import load_detector, resolve_model_dir
 from detrdistill.training.accelerator import make_accelerator
 from detrdistill.training.label_sets import restrict_to_dataset_classes
-from detrdistill.training.loop import DetectionObjective, fit, seed_everything
+from detrdistill.training.loop import DetectionObjective, fit, refuse_existing_run, seed_everything
 from detrdistill.training.prepare import default_backbone_cache, load_datasets, prepare_detector
 
 
@@ -31,6 +31,7 @@ def run_training(
     Runs in every process of a multi-process launch (``training/accelerator.py``).
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    refuse_existing_run(out_dir, resume)
     accelerator = make_accelerator()
     seed_everything(config.train.seed)
     train_set, val_set = load_datasets(data_dir, config.data)
@@ -46,7 +47,8 @@ def run_training(
         student, init = prepare_detector(config, train_set, cache, progress and accelerator.is_main_process,
                                          accelerator.device)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if accelerator.is_main_process:
+    # A resumed run keeps the init.json of its start (it records that run's pretraining time).
+    if accelerator.is_main_process and not (resume and (out_dir / "init.json").exists()):
         (out_dir / "init.json").write_text(json.dumps({**init, "teacher": config.distill.teacher}, indent=2))
     if teacher_model is None:
         objective, extra = DetectionObjective(student, config), []
