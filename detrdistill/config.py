@@ -154,6 +154,11 @@ class LogitsDistillConfig:
     neg_reg: bool = True  # box KD on negative pairs (paper footnote 1: no class term there)
     progressive: bool = True  # student stage k <- teacher stage ceil(k K_T / K_S); else the last
     all_pairs: bool = False  # the public release: class + box on every pair, no pos/neg split
+    # Each term's denominator. "per_term": the mean over that term's own pairs (positives or
+    # negatives), so the few positives weigh as much as the many negatives. "matched": every
+    # term's sum over the number of matched pairs, as the release normalises; the paper's eq. 2-4
+    # sum over pairs and leave the denominator open.
+    normalise: str = "per_term"
     # Teacher-student matching cost (the release's: class BCE summed over classes, L1, GIoU).
     class_cost: float = 1.0
     bbox_cost: float = 5.0
@@ -161,6 +166,10 @@ class LogitsDistillConfig:
     class_weight: float = 1.0
     bbox_weight: float = 5.0
     giou_weight: float = 2.0
+
+    def __post_init__(self):
+        if self.normalise not in ("per_term", "matched"):
+            raise ConfigError(f"distill.logits.normalise {self.normalise!r} is not one of ['per_term', 'matched']")
 
 
 @dataclass

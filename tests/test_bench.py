@@ -1,5 +1,6 @@
 """The benchmark machinery: overrides, the paired bootstrap, suite definitions, a tiny suite end to end."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -238,6 +239,23 @@ def test_config_digest_ignores_the_seed_and_an_undistilled_runs_distill_section(
     assert config_digest(config, tmp_path) != config_digest(no_ld, tmp_path)
     assert config_digest(config, None) != config_digest(apply_overrides(config, {"train.steps": 5}), None)
     assert config_digest(config, None) == config_digest(apply_overrides(config, {"data.cache_mb": 0}), None)
+
+
+def test_a_setting_added_later_keeps_earlier_digests_at_its_default(tmp_path):
+    """distill.logits.normalise came after runs were recorded: at its default the digest is the
+    one computed without the field; another value is another run."""
+    config = make_tiny_run_config(steps=4)
+    values = config_to_dict(config)
+    del values["distill"]["logits"]["normalise"]
+    values["train"].pop("seed")
+    values["data"].pop("cache_mb")
+    teacher_eval = tmp_path / "eval.json"
+    teacher_eval.write_text("{}")
+    values["distill"]["teacher"] = f"{tmp_path.resolve()}@{hashlib.sha1(b'{}').hexdigest()[:8]}"
+    without_field = hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
+    assert config_digest(config, tmp_path) == without_field
+    matched = apply_overrides(config, {"distill.logits.normalise": "matched"})
+    assert config_digest(matched, tmp_path) != without_field
 
 
 def test_same_time_steps_fill_the_distilled_runs_training_time():

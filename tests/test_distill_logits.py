@@ -131,3 +131,26 @@ def test_student_with_fewer_stages_learns_from_grouped_teacher_stages():
     assert sum(terms.values()).item() == pytest.approx(0.0, abs=1e-5)
     wrong = LogitsDistillation(LogitsDistillConfig(), "sigmoid")(logits[[0, 2, 4]], boxes[[0, 2, 4]], logits, boxes, gt)
     assert sum(wrong.values()).item() > 0.1
+
+
+@pytest.mark.parametrize("normalise", ["per_term", "matched"])
+def test_pair_normalisation_by_hand(normalise):
+    """One stage, one image, 4 well-separated queries, teacher query 0 the only positive; the
+    student shifts each box's centre x by d_i (L1 weight 1, no GIoU), so pair i costs d_i.
+    per_term: positives over 1 pair, negatives over 3; matched: both over all 4."""
+    boxes = torch.tensor([[[[0.2, 0.2, 0.1, 0.1], [0.8, 0.2, 0.1, 0.1], [0.2, 0.8, 0.1, 0.1], [0.8, 0.8, 0.1, 0.1]]]])
+    logits = torch.zeros(1, 1, 4, 3)
+    shifts = torch.tensor([0.04, 0.01, 0.02, 0.03])
+    student_boxes = boxes.clone()
+    student_boxes[..., 0] += shifts
+    config = LogitsDistillConfig(bbox_weight=1.0, giou_weight=0.0, normalise=normalise)
+    terms = LogitsDistillation(config, "sigmoid")(logits, student_boxes, logits, boxes, _gt_indices(1, [[0]]))
+    pos_count, neg_count = (1, 3) if normalise == "per_term" else (4, 4)
+    assert terms["ld_pos_box"].item() == pytest.approx(0.04 / pos_count, rel=1e-5)
+    assert terms["ld_neg_box"].item() == pytest.approx((0.01 + 0.02 + 0.03) / neg_count, rel=1e-5)
+    assert terms["ld_pos_cls"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_unknown_normalisation_is_refused():
+    with pytest.raises(ValueError, match="distill.logits.normalise"):
+        LogitsDistillConfig(normalise="mean")

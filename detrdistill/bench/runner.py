@@ -161,6 +161,9 @@ def same_time_steps(reference_eval: dict, baseline_eval: dict) -> int:
 
 # Caching decoded images yields bit-identical batches (tests/test_data_coco.py).
 SPEED_ONLY_DATA_SETTINGS = ("cache_mb",)
+# Settings added after runs were recorded, left out of the digest at their default (the
+# behaviour before they existed), so those runs stay reusable: (section, subsection, key) -> default.
+LATER_SETTINGS = {("distill", "logits", "normalise"): "per_term"}
 
 
 def config_digest(config: RunConfig, teacher_dir: Path | None) -> str:
@@ -170,6 +173,9 @@ def config_digest(config: RunConfig, teacher_dir: Path | None) -> str:
     values["train"].pop("seed")
     for speed_only in SPEED_ONLY_DATA_SETTINGS:
         values["data"].pop(speed_only)
+    for (section, subsection, key), default in LATER_SETTINGS.items():
+        if values[section][subsection][key] == default:
+            values[section][subsection].pop(key)
     if teacher_dir is None:
         values.pop("distill")  # an undistilled run never reads it
     else:

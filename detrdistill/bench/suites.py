@@ -206,8 +206,9 @@ COMPONENTS = Suite(
     # config are shared between suites: after `mask` and `progressive`, the student, LD (their
     # progressive row) and FD (their quality row) are done, leaving 800 x (0.29 + 0.30 + 0.31 +
     # 0.31 + 0.34 + 0.34) + 6 x 30 s ~ 28 min a seed, about 85 min. --quick (none, LD, FD, AD,
-    # all, same-time): 500 x 1.63 s + 6 x 30 s = 17 min.
-    steps={"*": 800},
+    # all, same-time): 500 x 1.63 s + 6 x 30 s = 17 min. Conditional DETR (only with --families)
+    # runs main's 2000 steps, so its student and all-three rows are main's runs, reused.
+    steps={"conditional_detr": 2000, "*": 800},
     quick_steps={"*": 500},
     targets=(
         Target("each component alone (LD, FD, AD) above the student", ("ld", "fd", "ad"), (STUDENT,)),
@@ -347,6 +348,8 @@ RELEASE = Suite(
         Variant("paper", "DETRDistill, paper defaults", DETRDISTILL, paper={"deformable_detr": 46.6}, quick=True),
         Variant("all_pairs", "LD class + box on every pair (release)",
                 {**DETRDISTILL, "distill.logits.all_pairs": True}),
+        Variant("matched", "LD terms over all matched pairs (release's denominator)",
+                {**DETRDISTILL, "distill.logits.normalise": "matched"}),
         Variant("release_mask", "FD cosine mask (release)", {**DETRDISTILL, "distill.features.mask": "release"}),
         Variant("encoder_input", "FD on the encoder input (release)",
                 {**DETRDISTILL, "distill.features.features": "encoder_input"}),
@@ -355,12 +358,13 @@ RELEASE = Suite(
                  "distill.features.features": "encoder_input"}, quick=True),
     ),
     reference="paper",
-    # Per seed: 800 x (0.115 + 5 x 0.34 + 0.34 same-time) = 1720 s; 3 seeds: 86 min, plus 21 runs
-    # x ~30 s: about 97 min. --quick (student, paper, release_all, same-time): 500 x 1.14 s + 4 x 30 s
-    # = 11.5 min.
-    steps={"*": 800},
+    # Per seed: 800 x (0.115 + 6 x 0.34 + 0.34 same-time) = 2000 s; 3 seeds: 100 min, plus 24 runs
+    # x ~30 s: about 1 h 50 min. --quick (student, paper, release_all, same-time): 500 x 1.14 s +
+    # 4 x 30 s = 11.5 min. Conditional DETR (only with --families) runs main's 2000 steps, so its
+    # student and paper rows are main's runs, reused.
+    steps={"conditional_detr": 2000, "*": 800},
     quick_steps={"*": 500},
-    budget="800 steps per run (about 1 h 40 min for 3 seeds)",
+    budget="deformable 800 steps per run (about 1 h 50 min for 3 seeds); conditional 2000, as in main",
 )
 
 SUITES: dict[str, Suite] = {s.name: s for s in (MAIN, COMPONENTS, LOGITS, PROGRESSIVE, MASK, DEPTH, RELEASE)}

@@ -7,9 +7,10 @@ box; a pair whose teacher query is a *negative* on box only (the paper's footnot
 teacher negative need not mean background). With ``all_pairs`` (the public release) every
 pair gets class and box terms, with no split.
 
-Each term is the mean over its pairs in the batch (the release normalises by the number of
-matched pairs; with several processes, pairs counted over all of them), so the many
-negatives do not swamp the few positives.
+By default (``normalise: per_term``) each term is the mean over its own pairs in the batch,
+so the many negatives do not swamp the few positives. With ``normalise: matched`` every term
+is its sum over the number of matched pairs, as the release normalises; the positives then
+weigh by their share of the pairs. With several processes, pairs are counted over all of them.
 """
 
 from __future__ import annotations
@@ -161,12 +162,17 @@ class LogitsDistillation:
                                          self.class_head)
             box_loss = self._box_loss(s_boxes[batch_idx, student_idx], t_boxes[batch_idx, teacher_idx])
             is_positive = is_positive.to(device)
+            if config.normalise == "per_term":
+                positives, negatives = is_positive.sum(), (~is_positive).sum()
+            else:  # "matched": one denominator for both, the stage's matched pairs
+                positives = negatives = is_positive.numel()
             if config.pos_cls:
-                terms["ld_pos_cls"] = terms["ld_pos_cls"] + config.class_weight * _masked_mean(class_loss, is_positive)
+                terms["ld_pos_cls"] = terms["ld_pos_cls"] + config.class_weight * _masked_mean(
+                    class_loss, is_positive, positives)
             if config.pos_reg:
-                terms["ld_pos_box"] = terms["ld_pos_box"] + _masked_mean(box_loss, is_positive)
+                terms["ld_pos_box"] = terms["ld_pos_box"] + _masked_mean(box_loss, is_positive, positives)
             if config.neg_reg and not config.all_pairs:
-                terms["ld_neg_box"] = terms["ld_neg_box"] + _masked_mean(box_loss, ~is_positive)
+                terms["ld_neg_box"] = terms["ld_neg_box"] + _masked_mean(box_loss, ~is_positive, negatives)
         return terms
 
     def _box_loss(self, student_boxes: torch.Tensor, teacher_boxes: torch.Tensor) -> torch.Tensor:
@@ -176,10 +182,11 @@ class LogitsDistillation:
         return self.config.bbox_weight * l1 + self.config.giou_weight * (1 - giou)
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of values[mask]; 0 (still in the graph) when the mask is empty.
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor, count: torch.Tensor | int) -> torch.Tensor:
+    """Sum of values[mask] over ``count`` pairs; 0 (still in the graph) when the mask is empty.
 
-    The pair count is averaged over training processes (like DETR's num_boxes), so that
-    DDP's gradient average is the mean over every process's pairs.
+    The count is averaged over training processes (like DETR's num_boxes), so that DDP's
+    gradient average is the mean over every process's pairs.
     """
-    return (values * mask).sum() / mean_over_processes(mask.sum()).clamp(min=1)
+    count = torch.as_tensor(count, dtype=values.dtype, device=values.device)
+    return (values * mask).sum() / mean_over_processes(count).clamp(min=1)
