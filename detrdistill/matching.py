@@ -36,7 +36,8 @@ def solve_each(costs: list[torch.Tensor]) -> MatchIndices:
     Non-finite costs become a huge finite value so the solver never fails on them. The
     matrices are solved on up to ``torch.get_num_threads()`` threads at once (scipy's solver
     releases the GIL): logits distillation at paper scale solves 96 matrices of 300 x 300 a
-    step, which measured 2.9 s of a 3.4 s distill step on an H200 when solved one by one.
+    step, which measured 2.9 s of a 3.4 s distill step on an H200 when solved one by one; on
+    an H100 host's 16 threads the batched solve took 0.37 s against 1.16 s (gpu.md).
     """
     arrays = [cost.detach().float().cpu().numpy() for cost in costs]
     threads = torch.get_num_threads()
