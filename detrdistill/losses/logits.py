@@ -167,12 +167,12 @@ class LogitsDistillation:
             else:  # "matched": one denominator for both, the stage's matched pairs
                 positives = negatives = is_positive.numel()
             if config.pos_cls:
-                terms["ld_pos_cls"] = terms["ld_pos_cls"] + config.class_weight * _masked_mean(
+                terms["ld_pos_cls"] = terms["ld_pos_cls"] + config.class_weight * _sum_over_pairs(
                     class_loss, is_positive, positives)
             if config.pos_reg:
-                terms["ld_pos_box"] = terms["ld_pos_box"] + _masked_mean(box_loss, is_positive, positives)
+                terms["ld_pos_box"] = terms["ld_pos_box"] + _sum_over_pairs(box_loss, is_positive, positives)
             if config.neg_reg and not config.all_pairs:
-                terms["ld_neg_box"] = terms["ld_neg_box"] + _masked_mean(box_loss, ~is_positive, negatives)
+                terms["ld_neg_box"] = terms["ld_neg_box"] + _sum_over_pairs(box_loss, ~is_positive, negatives)
         return terms
 
     def _box_loss(self, student_boxes: torch.Tensor, teacher_boxes: torch.Tensor) -> torch.Tensor:
@@ -182,8 +182,8 @@ class LogitsDistillation:
         return self.config.bbox_weight * l1 + self.config.giou_weight * (1 - giou)
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor, count: torch.Tensor | int) -> torch.Tensor:
-    """Sum of values[mask] over ``count`` pairs; 0 (still in the graph) when the mask is empty.
+def _sum_over_pairs(values: torch.Tensor, mask: torch.Tensor, count: torch.Tensor | int) -> torch.Tensor:
+    """Sum of values[mask] divided by ``count`` pairs; 0 (still in the graph) when the mask is empty.
 
     The count is averaged over training processes (like DETR's num_boxes), so that DDP's
     gradient average is the mean over every process's pairs.
