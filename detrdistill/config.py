@@ -144,6 +144,9 @@ class TrainConfig:
             raise ConfigError(f"train.grad_accum_steps must be an integer >= 1, got {self.grad_accum_steps!r}")
 
 
+LD_NORMALISATIONS = ("per_term", "matched")
+
+
 @dataclass
 class LogitsDistillConfig:
     """Hungarian-matching logits distillation (LD, paper eq. 2-4; Tables 6 and 7)."""
@@ -168,8 +171,8 @@ class LogitsDistillConfig:
     giou_weight: float = 2.0
 
     def __post_init__(self):
-        if self.normalise not in ("per_term", "matched"):
-            raise ConfigError(f"distill.logits.normalise {self.normalise!r} is not one of ['per_term', 'matched']")
+        if self.normalise not in LD_NORMALISATIONS:
+            raise ConfigError(f"distill.logits.normalise {self.normalise!r} is not one of {LD_NORMALISATIONS}")
 
 
 @dataclass
