@@ -141,7 +141,8 @@ def cmd_bench(args) -> None:
         return
     if not args.data.exists():
         ensure_shapes(args.data)
-    run_suite(SUITES[args.suite], args.data, args.runs, args.results, seeds=args.seeds, quick=args.quick,
+    seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
+    run_suite(SUITES[args.suite], args.data, args.runs, args.results, seeds=seeds, quick=args.quick,
               families=args.families, teachers=args.teachers, report_only=args.report_only,
               resamples=args.resamples, rows=args.rows)
 
@@ -214,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run a benchmark suite (the paper's tables at CPU scale) and write "
                        "benchmarks/results/SUITE.md, .json and .png")
     p.add_argument("suite", choices=[*BENCH_SUITES, "cost"], help="see detrdistill/bench/suites.py")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per row")
+    p.add_argument("--seeds", type=int, help="seeds 0..N-1 per row (default: 3, with --quick 1)")
     p.add_argument("--quick", action="store_true", help="1 seed, a subset of rows, shorter runs (under 20 min)")
     p.add_argument("--data", type=Path, default=Path("data/shapes"), help="generated here if missing")
     p.add_argument("--runs", type=Path, default=Path("runs/bench"), help="run directories (reused across suites)")

@@ -401,9 +401,14 @@ def test_cli_bench_parses_the_suite_options_and_runs_cost_through_the_cost_scrip
 
     args = cli.build_parser().parse_args(["bench", "components", "--quick", "--families", "conditional_detr",
                                           "adamixer", "--runs", str(tmp_path)])
-    assert (args.suite, args.quick, args.families, args.seeds, args.runs) == (
-        "components", True, ["conditional_detr", "adamixer"], 3, tmp_path)
+    assert (args.suite, args.quick, args.families, args.runs) == (
+        "components", True, ["conditional_detr", "adamixer"], tmp_path)
     assert args.func is cli.cmd_bench
+    seeds_run = []
+    monkeypatch.setattr(runner, "run_suite", lambda *a, seeds, **k: seeds_run.append(seeds))
+    for extra in ([], ["--quick"], ["--quick", "--seeds", "2"]):
+        assert cli.main(["bench", "main", "--data", str(tmp_path), *extra]) == 0
+    assert seeds_run == [3, 1, 2], "--quick is one seed unless --seeds says otherwise"
     commands = []
     monkeypatch.setattr(cli.subprocess, "run", lambda command, check: commands.append(command))
     assert cli.main(["bench", "cost", "--data", str(tmp_path)]) == 0
