@@ -164,12 +164,12 @@ MAIN = Suite(
     # Conditional DETR's student leaves its loss plateau late: at 800 steps every row of seed 0
     # sat at 0.6-1.1 AP (student 0.6, DETRDistill 1.1), a comparison of noise; at 2000 the
     # student has 4.0 (benchmarks/results/distill_gain_conditional_detr.md). So conditional runs
-    # 2000 steps. Per seed, at the step times measured in the suite (s): deformable 600 x (0.13
-    # + 4 x 0.32 + 0.3 + 0.35 same-time) ~ 1250 s at a slow hour; conditional (3-stage student,
-    # 2026-11-26, a fast hour) 2000 x (0.043 + 4 x 0.088 + 0.105 + 0.11 same-time) ~ 1200 s;
-    # plus 42 runs x ~20 s of evaluation: about 2 h 20 min for 3 seeds (the conditional half took
-    # 73 min). --quick (deformable, student/FitNet/DETRDistill/same-time, 1 seed): 500 x 1.05 s
-    # + 4 x 30 s = 11 min. Both assume trained teacher presets.
+    # 2000 steps. Measured wall time, 3 seeds, trained teacher presets: the Deformable half 33 min
+    # (2026-11-26, student 66 ms and DETRDistill 134 ms a step), the Conditional half 73 min
+    # (3-stage student, 2026-11-26, 43 and 105 ms a step): about 1 h 50 min. At this machine's slow
+    # hours the Deformable steps took twice as long (130 and 303 ms), which would make it about
+    # 2 h 20 min or more. --quick (deformable, student/FitNet/DETRDistill/same-time, 1 seed):
+    # 500 x (0.07 + 0.12 + 0.13 + 0.07) s + 4 x 20 s of evaluation ~ 5 min at those step times.
     steps={"deformable_detr": 600, "conditional_detr": 2000, "*": 800},
     quick_steps={"*": 500},
     families=("deformable_detr", "conditional_detr"),
@@ -180,9 +180,9 @@ MAIN = Suite(
                ("detrdistill",), (STUDENT,), min_gain=0.025, std_multiple=2.0),
         Target("DETRDistill above FitNet, MGD and FGD", ("detrdistill",), ("fitnet", "mgd", "fgd")),
     ),
-    budget="deformable 600 steps, conditional 2000 steps per run (about 2 h 20 min for 2 families x 3 seeds "
-           "here: deformable timed at a slow hour, conditional at a fast one; 800 conditional steps left every "
-           "row on the loss plateau)",
+    budget="deformable 600 steps, conditional 2000 steps per run (measured for 2 families x 3 seeds: the "
+           "Deformable half 33 min, the Conditional half 73 min, about 1 h 50 min; at this machine's slow hours "
+           "steps take up to twice as long; 800 conditional steps left every row on the loss plateau)",
 )
 
 COMPONENTS = Suite(
@@ -359,13 +359,15 @@ RELEASE = Suite(
                  "distill.features.features": "encoder_input"}, quick=True),
     ),
     reference="paper",
-    # Per seed: 800 x (0.115 + 6 x 0.34 + 0.34 same-time) = 2000 s; 3 seeds: 100 min, plus 24 runs
-    # x ~30 s: about 1 h 50 min. --quick (student, paper, release_all, same-time): 500 x 1.14 s +
-    # 4 x 30 s = 11.5 min. Conditional DETR (only with --families) runs main's 2000 steps, so its
+    # Measured (Deformable, 3 seeds, 2026-11-26): 53 min, at 63 ms a student step and 142-150 ms a
+    # distill step; at this machine's slow hours (0.115 and 0.34 s) it would be about 1 h 50 min.
+    # --quick (student, paper, release_all, same-time): 500 x 1.14 s + 4 x 30 s = 11.5 min at the
+    # slow hours' step times. Conditional DETR (only with --families) runs main's 2000 steps, so its
     # student and paper rows are main's runs, reused.
     steps={"conditional_detr": 2000, "*": 800},
     quick_steps={"*": 500},
-    budget="deformable 800 steps per run (about 1 h 50 min for 3 seeds); conditional 2000, as in main",
+    budget="deformable 800 steps per run (measured: 53 min for 3 seeds; up to twice that at this machine's "
+           "slow hours); conditional 2000, as in main",
 )
 
 SUITES: dict[str, Suite] = {s.name: s for s in (MAIN, COMPONENTS, LOGITS, PROGRESSIVE, MASK, DEPTH, RELEASE)}
