@@ -169,7 +169,7 @@ MAIN = Suite(
     # (3-stage student, 2026-11-26, 43 and 105 ms a step): about 1 h 50 min. At this machine's slow
     # hours the Deformable steps took twice as long (130 and 303 ms), which would make it about
     # 2 h 20 min or more. --quick (deformable, student/FitNet/DETRDistill/same-time, 1 seed):
-    # 500 x (0.07 + 0.12 + 0.13 + 0.07) s + 4 x 20 s of evaluation ~ 5 min at those step times.
+    # measured 5.4 min (2026-11-26, benchmarks/results/main_quick.md).
     steps={"deformable_detr": 600, "conditional_detr": 2000, "*": 800},
     quick_steps={"*": 500},
     families=("deformable_detr", "conditional_detr"),
