@@ -175,18 +175,34 @@ class LogitsDistillConfig:
             raise ConfigError(f"distill.logits.normalise {self.normalise!r} is not one of {LD_NORMALISATIONS}")
 
 
+FD_MASKS = ("quality", "paper", "vanilla", "release")
+FD_FEATURE_SOURCES = ("encoder_output", "encoder_input")
+
+
 @dataclass
 class FeatureDistillConfig:
-    """Target-aware feature distillation (FD, paper eq. 5-8; Table 2)."""
+    """Target-aware feature distillation (FD, paper eq. 5-8; Table 2). losses/features.py
+    writes each mask out."""
 
     enabled: bool = True
-    # "quality": per-query masks weighted by the quality score (eq. 8, the paper);
-    # "vanilla": the mean of all query masks, unweighted (eq. 6);
+    # "quality": per-query spatial-softmax masks weighted by the quality score (eq. 8);
+    # "paper": eq. 6's raw dot product F.Q_i as the mask, with eq. 8's quality weighting;
+    # "vanilla": the mean of all softmax query masks, unweighted (eq. 6);
     # "release": cosine-similarity masks weighted by score * max-IoU, clamped and max-normalised.
     mask: str = "quality"
     gamma: float = 0.5  # quality q = c^gamma * IoU^(1 - gamma)
+    # The softmax masks' temperature, in units of sqrt(d) ("quality" and "vanilla"): lower is sharper.
+    temperature: float = 1.0
     # "encoder_output" (paper footnote 2) or "encoder_input" (the release's neck maps).
     features: str = "encoder_output"
+
+    def __post_init__(self):
+        if self.mask not in FD_MASKS:
+            raise ConfigError(f"distill.features.mask {self.mask!r} is not one of {FD_MASKS}")
+        if self.features not in FD_FEATURE_SOURCES:
+            raise ConfigError(f"distill.features.features {self.features!r} is not one of {FD_FEATURE_SOURCES}")
+        if not self.temperature > 0:
+            raise ConfigError(f"distill.features.temperature must be > 0, got {self.temperature}")
 
 
 @dataclass

@@ -1,11 +1,14 @@
 """Target-aware feature distillation: masks, quality scores, the loss, level pairing."""
 
+import math
+
 import pytest
 import torch
 
 from detrdistill.config import FeatureDistillConfig
 from detrdistill.losses.features import (
     FeatureDistillation,
+    dot_product_masks,
     matched_iou,
     pair_levels,
     quality_scores,
@@ -55,7 +58,7 @@ def test_quality_score_hand_values_and_matched_iou():
     assert iou[0].tolist() == pytest.approx([0.5, 1.0, 0.0])  # query 2 is unmatched
 
 
-@pytest.mark.parametrize("mask", ["quality", "vanilla", "release"])
+@pytest.mark.parametrize("mask", ["quality", "paper", "vanilla", "release"])
 def test_loss_is_zero_for_equal_features_and_positive_otherwise(mask):
     features, valid, queries = _scene()
     distillation = FeatureDistillation(FeatureDistillConfig(mask=mask), DIM, DIM, num_student_levels=1)
@@ -97,3 +100,67 @@ def test_projection_when_widths_differ_and_levels_pair_by_size():
 def test_bad_mask_name_is_a_clear_error():
     with pytest.raises(ValueError, match="distill.features.mask"):
         FeatureDistillation(FeatureDistillConfig(mask="gaussian"), DIM, DIM, 1)
+
+
+def _two_pixel_scene():
+    """D = 2, one row of two valid pixels: F[:, p0] = (1, 0), F[:, p1] = (0, 2); queries
+    Q_0 = (2, 0), Q_1 = (0, 1) with quality (0.5, 1.0); the student is off by (1, 1) at p0 and
+    (0, 3) at p1, so ||F^T - F^S||^2 = 2 and 9."""
+    teacher = torch.tensor([[[[1.0, 0.0]], [[0.0, 2.0]]]])  # [1, 2, 1, 2]
+    student = teacher - torch.tensor([[[[1.0, 0.0]], [[1.0, 3.0]]]])
+    queries = torch.tensor([[[2.0, 0.0], [0.0, 1.0]]])
+    valid = torch.ones(1, 1, 2, dtype=torch.bool)
+    return teacher, student, queries, valid, torch.tensor([[0.5, 1.0]])
+
+
+def test_paper_mask_is_eq6_dot_product_squared_in_eq8_by_hand():
+    teacher, student, queries, valid, quality = _two_pixel_scene()
+    masks = dot_product_masks(teacher, valid, queries)
+    assert masks[0, :, 0].tolist() == [[2.0, 0.0], [0.0, 2.0]]  # psi_0 = (2, 0), psi_1 = (0, 2)
+    # w(p) = mean_i q_i psi_i(p)^2 = (0.5 * 4 / 2, 1.0 * 4 / 2) = (1, 2);
+    # L = sum_p w(p) ||diff(p)||^2 / (d H W) = (1 * 2 + 2 * 9) / (2 * 2) = 5.
+    paper = FeatureDistillation(FeatureDistillConfig(mask="paper"), 2, 2, 1)
+    assert paper([student], [teacher], [valid], queries, quality).item() == pytest.approx(5.0)
+    # The sign of psi never matters: eq. 8 squares it.
+    assert paper([student], [teacher], [valid], -queries, quality).item() == pytest.approx(5.0)
+    padded = valid.clone()
+    padded[0, 0, 1] = False
+    assert (dot_product_masks(teacher, padded, queries)[0, :, 0, 1] == 0).all()
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.25])
+def test_softmax_masks_with_a_temperature_by_hand(temperature):
+    teacher, student, queries, valid, quality = _two_pixel_scene()
+    scale = temperature * math.sqrt(2)  # tau sqrt(d)
+
+    def psi(dots):  # HW * softmax over the two pixels
+        exps = [math.exp(d / scale) for d in dots]
+        return [2 * e / sum(exps) for e in exps]
+
+    psi_0, psi_1 = psi([2.0, 0.0]), psi([0.0, 2.0])
+    masks = query_masks(teacher, valid, queries, temperature)
+    assert masks[0, 0, 0].tolist() == pytest.approx(psi_0, rel=1e-6)
+    assert masks[0, 1, 0].tolist() == pytest.approx(psi_1, rel=1e-6)
+    errors = [2.0, 9.0]
+    quality_w = [(0.5 * psi_0[p] ** 2 + 1.0 * psi_1[p] ** 2) / 2 for p in range(2)]
+    vanilla_w = [((psi_0[p] + psi_1[p]) / 2) ** 2 for p in range(2)]
+    for mask, weights in (("quality", quality_w), ("vanilla", vanilla_w)):
+        config = FeatureDistillConfig(mask=mask, temperature=temperature)
+        loss = FeatureDistillation(config, 2, 2, 1)([student], [teacher], [valid], queries,
+                                                     quality if mask == "quality" else None)
+        assert loss.item() == pytest.approx(sum(w * e for w, e in zip(weights, errors, strict=True)) / 4, rel=1e-6)
+
+
+def test_lower_temperature_concentrates_the_mask_on_the_object():
+    features, valid, queries = _scene()
+    obj = (slice(1, 3), slice(5, 7))
+    warm, cold = query_masks(features, valid, queries, 1.0), query_masks(features, valid, queries, 0.5)
+    assert cold[0, 0][obj].sum() > warm[0, 0][obj].sum()
+    assert cold[0, 0][valid[0]].mean().item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_bad_temperature_and_feature_source_are_clear_errors():
+    with pytest.raises(ValueError, match="distill.features.temperature"):
+        FeatureDistillConfig(temperature=0.0)
+    with pytest.raises(ValueError, match="distill.features.features"):
+        FeatureDistillConfig(features="neck")

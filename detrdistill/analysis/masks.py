@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from detrdistill.analysis.draw import batch_image, draw_boxes, new_figure, show_image, to_pixels_xyxy
 from detrdistill.config import FeatureDistillConfig, LossConfig
-from detrdistill.losses.features import FEATURE_SOURCES, class_scores, matched_iou, quality_scores, query_masks
+from detrdistill.losses.features import class_scores, matched_iou, quality_scores, query_masks
 from detrdistill.matching import HungarianMatcher
 from detrdistill.models.adapters import adapter_for
 
@@ -95,8 +95,6 @@ def compute_masks(
     source (encoder output or input) and gamma, as FD would use them.
     """
     loss, features = loss or LossConfig(), features or FeatureDistillConfig()
-    if features.features not in FEATURE_SOURCES:
-        raise ValueError(f"features.features {features.features!r} is not one of {FEATURE_SOURCES}")
     adapter = adapter_for(model)
     was_training = model.training
     model.eval().to(device)

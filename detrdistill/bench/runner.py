@@ -163,7 +163,8 @@ def same_time_steps(reference_eval: dict, baseline_eval: dict) -> int:
 SPEED_ONLY_DATA_SETTINGS = ("cache_mb",)
 # Settings added after runs were recorded, left out of the digest at their default (the
 # behaviour before they existed), so those runs stay reusable: (section, subsection, key) -> default.
-LATER_SETTINGS = {("distill", "logits", "normalise"): "per_term"}
+LATER_SETTINGS = {("distill", "logits", "normalise"): "per_term",
+                  ("distill", "features", "temperature"): 1.0}
 
 
 def config_digest(config: RunConfig, teacher_dir: Path | None) -> str:

@@ -2,19 +2,27 @@
 
 The student imitates the teacher's encoder features, F^T - phi(F^S), under soft spatial
 masks built from the teacher's query embeddings (its last decoder stage's output, one per
-prediction, as in the public release). Per query i and feature level:
+prediction, as in the public release). Eq. 8 is
 
-    psi_i = HW * softmax over valid positions of (F^T . Q_i / sqrt(d))
+    L = sum_i q_i / (M d HW) * ||psi_i (F^T - phi(F^S))||^2
 
-a spatial attention map of the query (non-negative, mean 1 over the image). Eq. 6 writes
-a plain dot product, which can be negative and would then *reward* feature error; the
-softmax keeps the dot product's ranking and makes the mask a weighting. The masks:
+so each pixel's squared error is weighted by w = mean_i q_i psi_i^2: psi_i enters squared,
+and its sign never matters. The quality score q_i = c_i^gamma * IoU(b_i, matched GT)^(1 - gamma)
+(eq. 7); c_i is the teacher's top class probability and the IoU is with the GT box the
+teacher's own Hungarian match gives query i (0 for unmatched queries). The masks
+(``distill.features.mask``):
 
-- ``quality`` (eq. 8, default): sum_i q_i / (M d HW) * ||psi_i (F^T - phi(F^S))||^2 with the
-  quality score q_i = c_i^gamma * IoU(b_i, matched GT)^(1 - gamma) (eq. 7); c_i is the
-  teacher's top class probability and the IoU is with the GT box the teacher's own
-  Hungarian match gives query i (0 for unmatched queries).
-- ``vanilla`` (eq. 6, Table 2's weak baseline): psi = mean_i psi_i, all queries equal.
+- ``paper``: eq. 6 literally, psi_i = F^T . Q_i, the raw dot product over channels, with
+  eq. 8's quality weighting. Its scale is that of the features times the queries' (about
+  70x the ``quality`` form's mean weight on the trained Deformable teacher here), so
+  lambda_FD = 20 means the paper's weight only with features of the paper's scale.
+- ``quality`` (default): psi_i = HW * softmax over valid positions of
+  (F^T . Q_i / (tau sqrt(d))), with eq. 8's quality weighting: a spatial attention map of the
+  query, mean 1 over the image, so the weight's scale does not depend on the features'.
+  tau = ``distill.features.temperature``; at tau = 1 the masks of the trained teachers here
+  are nearly uniform (median E[psi^2] 1.5, uniform 1), a lower tau sharpens them.
+- ``vanilla`` (eq. 6's mean, Table 2's weak baseline): psi = mean_i psi_i of the softmax
+  masks, all queries equal.
 - ``release``: cosine similarity of F^T and Q_i, summed with weights score * max-IoU,
   clamped at 0.01 and divided by its per-image maximum.
 
@@ -30,11 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from detrdistill.box_ops import box_cxcywh_to_xyxy, box_iou
-from detrdistill.config import ConfigError, FeatureDistillConfig
+from detrdistill.config import FeatureDistillConfig
 from detrdistill.matching import MatchIndices
-
-MASK_TYPES = ("quality", "vanilla", "release")
-FEATURE_SOURCES = ("encoder_output", "encoder_input")
 
 
 def class_scores(logits: torch.Tensor, class_head: str) -> torch.Tensor:
@@ -71,22 +76,32 @@ def quality_scores(scores: torch.Tensor, iou: torch.Tensor, gamma: float) -> tor
     return scores.clamp(min=0) ** gamma * iou.clamp(min=0) ** (1 - gamma)
 
 
-def query_masks(features: torch.Tensor, valid: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-    """Per-query spatial attention masks.
+def query_masks(
+    features: torch.Tensor, valid: torch.Tensor, queries: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Per-query spatial attention masks, HW * softmax(F . Q_i / (temperature sqrt(D))).
 
     Args:
         features: [B, D, H, W] teacher features; valid: [B, H, W] bool (False = padding);
-        queries: [B, M, D] teacher query embeddings.
+        queries: [B, M, D] teacher query embeddings; temperature: tau, in units of sqrt(D).
 
     Returns:
         [B, M, H, W], non-negative, 0 on padding, mean 1 over each image's valid pixels.
     """
     batch, dim, height, width = features.shape
-    logits = torch.einsum("bmd,bdhw->bmhw", queries, features) / dim**0.5
+    logits = torch.einsum("bmd,bdhw->bmhw", queries, features) / (temperature * dim**0.5)
     logits = logits.masked_fill(~valid[:, None], float("-inf"))
     attention = logits.flatten(2).softmax(-1).view(batch, -1, height, width)
     num_valid = valid.flatten(1).sum(-1).clamp(min=1).view(batch, 1, 1, 1)
     return attention * num_valid
+
+
+def dot_product_masks(features: torch.Tensor, valid: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """Eq. 6's psi_i = F . Q_i, the raw dot product over channels: [B, M, H, W], 0 on padding.
+
+    features: [B, D, H, W]; valid: [B, H, W] bool; queries: [B, M, D]. Signed and unscaled.
+    """
+    return torch.einsum("bmd,bdhw->bmhw", queries, features) * valid[:, None]
 
 
 def release_mask(
@@ -122,17 +137,13 @@ class FeatureDistillation(nn.Module):
     """L_featKD over all student feature levels, with the learnable adaptation layers phi.
 
     Args:
-        config: mask type, gamma, feature source.
+        config: mask type, gamma, temperature, feature source (checked by the config itself).
         student_dim, teacher_dim: channel widths of the distilled features.
         num_student_levels: number of student feature levels (one phi each).
     """
 
     def __init__(self, config: FeatureDistillConfig, student_dim: int, teacher_dim: int, num_student_levels: int):
         super().__init__()
-        if config.mask not in MASK_TYPES:
-            raise ConfigError(f"distill.features.mask {config.mask!r} is not one of {MASK_TYPES}")
-        if config.features not in FEATURE_SOURCES:
-            raise ConfigError(f"distill.features.features {config.features!r} is not one of {FEATURE_SOURCES}")
         self.config = config
         self.projections = nn.ModuleList(
             nn.Conv2d(student_dim, teacher_dim, kernel_size=1) if student_dim != teacher_dim else nn.Identity()
@@ -143,7 +154,7 @@ class FeatureDistillation(nn.Module):
                       gt_indices: MatchIndices) -> torch.Tensor | None:
         """Each teacher query's weight for this mask type: [B, M] from the teacher's top class
         probabilities [B, M], boxes [B, M, 4] and its own match to GT; None for "vanilla"."""
-        if self.config.mask == "quality":
+        if self.config.mask in ("quality", "paper"):
             return quality_scores(scores, matched_iou(boxes_cxcywh, targets, gt_indices), self.config.gamma)
         if self.config.mask == "release":
             return scores * max_iou(boxes_cxcywh, targets)
@@ -158,7 +169,10 @@ class FeatureDistillation(nn.Module):
         """
         if self.config.mask == "release":
             return release_mask(features, valid, queries, query_weights) ** 2
-        masks = query_masks(features, valid, queries)
+        if self.config.mask == "paper":
+            masks = dot_product_masks(features, valid, queries)
+        else:
+            masks = query_masks(features, valid, queries, self.config.temperature)
         if self.config.mask == "vanilla":
             return masks.mean(1) ** 2
         # sum_i q_i / M * psi_i^2: eq. 8's per-query squared masks folded into one map.
