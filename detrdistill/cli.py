@@ -1,5 +1,5 @@
-"""``detrdistill`` command line: make-shapes, pretrain-backbone, train, distill, eval, demo, figures, bench,
-show-config."""
+"""``detrdistill`` command line: make-shapes, pretrain-backbone, train, distill, eval, demo, figures, diagnose,
+bench, show-config."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     parser.add_argument("--backbone-cache", type=Path, help="cache directory (default: DATA/backbones)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="set a config field, e.g. --set distill.features.mask=paper (YAML value; repeatable)")
     parser.set_defaults(func=cmd_run)
 
 
@@ -33,8 +35,25 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-split", help="annotation split for evaluation (default: val)")
 
 
+def parse_set_options(options: list[str]) -> dict:
+    """``["a.b=1", "c.d=paper"]`` -> ``{"a.b": 1, "c.d": "paper"}``, each value read as YAML."""
+    import yaml
+
+    overrides = {}
+    for option in options:
+        key, equals, value = option.partition("=")
+        if not equals or not key:
+            raise ConfigError(f"--set {option!r}: expected KEY=VALUE, e.g. --set train.lr=1e-4")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
 def _config_with_overrides(args):
+    from detrdistill.bench.overrides import apply_overrides
+
     config = load_config(args.config)
+    if getattr(args, "overrides", None):
+        config = apply_overrides(config, parse_set_options(args.overrides), where="--set")
     if getattr(args, "steps", None) is not None:
         config.train.steps, config.train.minutes = args.steps, None
     if getattr(args, "minutes", None) is not None:
@@ -129,6 +148,18 @@ def cmd_figures(args) -> None:
         print(f"wrote {path}")
 
 
+def cmd_diagnose(args) -> None:
+    from detrdistill.analysis.gradients import format_summary, gradient_lines, plot_gradients, summarise
+
+    lines = gradient_lines(args.run)
+    eval_file = args.run / "eval.json"
+    step_ms = json.loads(eval_file.read_text()).get("step_ms") if eval_file.is_file() else None
+    print(format_summary(summarise(lines), step_ms))
+    out = args.out or (args.run / "gradients.png")
+    plot_gradients(lines, title=f"per-term gradients: {args.run}").savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
 def cmd_bench(args) -> None:
     from detrdistill.bench.runner import COST_SCRIPT, run_suite
     from detrdistill.bench.suites import SUITES
@@ -211,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="default: each run's val split")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_figures)
+
+    p = sub.add_parser("diagnose", help="per-term gradient norms and cosines of a run trained with "
+                       "train.grad_diagnostic_every > 0: a table and RUN/gradients.png")
+    p.add_argument("run", type=Path, help="run directory")
+    p.add_argument("--out", type=Path, help="PNG to write (default: RUN/gradients.png)")
+    p.set_defaults(func=cmd_diagnose)
 
     p = sub.add_parser("bench", help="run a benchmark suite (the paper's tables at CPU scale) and write "
                        "benchmarks/results/SUITE.md, .json and .png")

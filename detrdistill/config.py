@@ -136,12 +136,20 @@ class TrainConfig:
     # Forward/backward passes per optimiser step, each on a global batch of data.batch_size:
     # an optimiser step sees batch_size * grad_accum_steps images.
     grad_accum_steps: int = 1
+    # Every this many steps, record each loss component's gradient norm and the pairwise
+    # cosines on the student's parameter groups in metrics.jsonl (training/grad_diagnostic.py;
+    # ``detrdistill diagnose RUN`` draws them). 0: off, at no cost.
+    grad_diagnostic_every: int = 0
 
     def __post_init__(self):
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ConfigError(f"train.mixed_precision {self.mixed_precision!r} is not one of ['no', 'bf16', 'fp16']")
         if not isinstance(self.grad_accum_steps, int) or self.grad_accum_steps < 1:
             raise ConfigError(f"train.grad_accum_steps must be an integer >= 1, got {self.grad_accum_steps!r}")
+        if not isinstance(self.grad_diagnostic_every, int) or self.grad_diagnostic_every < 0:
+            raise ConfigError(
+                f"train.grad_diagnostic_every must be an integer >= 0 (0: off), got {self.grad_diagnostic_every!r}"
+            )
 
 
 LD_NORMALISATIONS = ("per_term", "matched")

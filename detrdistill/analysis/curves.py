@@ -11,13 +11,19 @@ from matplotlib.figure import Figure
 NOT_TERMS = {"step", "loss", "lr", "step_ms", "elapsed_s", "eval"}
 
 
-def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
-    """(log lines, evaluation lines) of a run's metrics.jsonl, in step order."""
+def metric_lines(run_dir: str | Path) -> list[dict]:
+    """Every line of a run's metrics.jsonl, in step order."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a run directory written by training")
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in lines if "eval" not in r], [r for r in lines if "eval" in r]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
+    """(log lines, evaluation lines) of a run's metrics.jsonl, in step order (the gradient
+    diagnostic's lines are those with "grad_norm": ``analysis/gradients.py``)."""
+    lines = metric_lines(run_dir)
+    return [r for r in lines if "loss" in r], [r for r in lines if "eval" in r]
 
 
 def plot_curves(runs: dict[str, str | Path]) -> Figure:

@@ -161,6 +161,8 @@ def same_time_steps(reference_eval: dict, baseline_eval: dict) -> int:
 
 # Caching decoded images yields bit-identical batches (tests/test_data_coco.py).
 SPEED_ONLY_DATA_SETTINGS = ("cache_mb",)
+# Train settings that only add records to metrics.jsonl, never change the trained weights.
+RECORD_ONLY_TRAIN_SETTINGS = ("grad_diagnostic_every",)
 # Settings added after runs were recorded, left out of the digest at their default (the
 # behaviour before they existed), so those runs stay reusable: (section, subsection, key) -> default.
 LATER_SETTINGS = {("distill", "logits", "normalise"): "per_term",
@@ -174,6 +176,8 @@ def config_digest(config: RunConfig, teacher_dir: Path | None) -> str:
     values["train"].pop("seed")
     for speed_only in SPEED_ONLY_DATA_SETTINGS:
         values["data"].pop(speed_only)
+    for record_only in RECORD_ONLY_TRAIN_SETTINGS:
+        values["train"].pop(record_only)
     for (section, subsection, key), default in LATER_SETTINGS.items():
         if values[section][subsection][key] == default:
             values[section][subsection].pop(key)

@@ -36,6 +36,7 @@ from detrdistill.training.accelerator import make_accelerator
 from detrdistill.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint
 from detrdistill.training.distributed import max_over_processes, mean_over_processes
 from detrdistill.training.evaluation import evaluate_across_processes
+from detrdistill.training.grad_diagnostic import gradient_diagnostic, group_parameters
 from detrdistill.training.optim import build_optimizer, lr_factor, set_lr
 from detrdistill.training.precision import autocast
 from detrdistill.training.sampler import ResumableBatchSampler, SeededAugmentation
@@ -129,7 +130,8 @@ def fit(
 ) -> dict:
     """Train ``model`` by minimising ``objective`` and write the run directory.
 
-    Writes ``config.yaml``, ``metrics.jsonl`` (one line per log step / evaluation),
+    Writes ``config.yaml``, ``metrics.jsonl`` (one line per log step / evaluation / gradient
+    diagnostic),
     ``checkpoint.pt`` (atomic, every ``checkpoint_every`` steps and at the end),
     ``model/`` (``save_pretrained``) and ``eval.json`` (final val AP). Returns eval.json's
     dict (in every process). ``accelerator``: the process setup (default: a new one).
@@ -190,6 +192,8 @@ def fit(
         disable=not (progress and main),
         dynamic_ncols=True,
     )
+    diagnose_every = train.grad_diagnostic_every if main else 0
+    diagnosed_groups = group_parameters(model) if diagnose_every else {}
     trained.train()
     batches = iter(loader)  # endless: the sampler never runs out
     # Check the budget before drawing a batch, so the final checkpoint's RNG state is the one
@@ -210,6 +214,9 @@ def fit(
                     pass_terms = trained(batch)
                 loss = sum(pass_terms.values())
                 _check_finite(loss, pass_terms, step)
+                if diagnose_every and index == 0 and (step + 1) % diagnose_every == 0:
+                    _append_jsonl(metrics_path, {"step": step + 1,
+                                                 **gradient_diagnostic(pass_terms, diagnosed_groups)})
                 scaler.scale(loss / accum).backward()
             for name, value in pass_terms.items():
                 terms[name] = terms.get(name, 0.0) + value.detach().float() / accum
