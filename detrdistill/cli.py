@@ -1,5 +1,5 @@
-"""``detrdistill`` command line: make-shapes, pretrain-backbone, train, distill, eval, demo, figures, diagnose,
-bench, show-config."""
+"""``detrdistill`` command line: make-shapes, carve-split, pretrain-backbone, train, distill, eval, demo,
+figures, diagnose, bench, show-config."""
 
 from __future__ import annotations
 
@@ -72,6 +72,13 @@ def cmd_make_shapes(args) -> None:
 
     out = make_shapes(args.out, num_train=args.train, num_val=args.val, seed=args.seed, image_size=args.image_size)
     print(f"wrote {out}")
+
+
+def cmd_carve_split(args) -> None:
+    from detrdistill.data.splits import carve_split
+
+    rest, held_out = carve_split(args.data, args.source, args.count, args.seed, tuple(args.names))
+    print(f"wrote splits {rest!r} and {held_out!r} of {args.data} (from {args.source!r}, {args.count} held out)")
 
 
 def cmd_pretrain_backbone(args) -> None:
@@ -195,6 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=128)
     p.set_defaults(func=cmd_make_shapes)
+
+    p = sub.add_parser("carve-split", help="hold images out of a training split (minitrain + minival) to choose "
+                       "settings on, never on val")
+    p.add_argument("data", type=Path, help="COCO-format dataset directory")
+    p.add_argument("--source", default="train", help="the split to carve (default: train)")
+    p.add_argument("--count", type=int, default=500, help="images held out (default: 500)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--names", nargs=2, default=["minitrain", "minival"], metavar=("REST", "HELD_OUT"))
+    p.set_defaults(func=cmd_carve_split)
 
     p = sub.add_parser("pretrain-backbone", help="pretrain (or fetch from cache) a config's ResNet backbone")
     p.add_argument("--config", required=True, help="YAML file or preset name")
