@@ -71,10 +71,7 @@ class DETRDistillObjective:
         if self.config.logits.enabled and self.config.logits.pos_cls:
             teacher_logits_for(student_head, torch.zeros(1, 2), teacher_head)  # fail early on a bad pairing
         self.criterion = DetectionLoss(config.loss, self.student_adapter.num_classes, student_head)
-        self.teacher_matcher = HungarianMatcher(
-            config.loss.class_cost, config.loss.bbox_cost, config.loss.giou_cost, teacher_head,
-            config.loss.focal_alpha, config.loss.focal_gamma,
-        )
+        self.teacher_matcher = HungarianMatcher.from_config(config.loss, teacher_head)
         self.logits_distillation = LogitsDistillation(self.config.logits, student_head)
         features = None
         if self.config.features.enabled:

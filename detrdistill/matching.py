@@ -15,6 +15,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from detrdistill.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from detrdistill.config import LossConfig
 
 MatchIndices = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -85,6 +86,11 @@ class HungarianMatcher:
     ):
         self.class_cost, self.bbox_cost, self.giou_cost = class_cost, bbox_cost, giou_cost
         self.class_head, self.focal_alpha, self.focal_gamma = class_head, focal_alpha, focal_gamma
+
+    @classmethod
+    def from_config(cls, loss: LossConfig, class_head: str) -> HungarianMatcher:
+        """The matcher of a run's ``config.loss`` for a model with this class head."""
+        return cls(loss.class_cost, loss.bbox_cost, loss.giou_cost, class_head, loss.focal_alpha, loss.focal_gamma)
 
     @torch.no_grad()
     def __call__(self, logits: torch.Tensor, boxes_cxcywh: torch.Tensor, targets: list[dict]) -> MatchIndices:

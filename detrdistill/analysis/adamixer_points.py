@@ -83,8 +83,7 @@ def matched_queries(sampled: StagePoints, targets: list[dict],
                     loss: LossConfig | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per image (query indices, target indices): the stage's Hungarian matching to the GT."""
     loss = loss or LossConfig()
-    matcher = HungarianMatcher(loss.class_cost, loss.bbox_cost, loss.giou_cost, "sigmoid", loss.focal_alpha,
-                               loss.focal_gamma)
+    matcher = HungarianMatcher.from_config(loss, "sigmoid")
     return matcher(sampled.logits, sampled.boxes_cxcywh, targets)
 
 

@@ -125,8 +125,7 @@ def instability(
     """
     loss = loss or LossConfig()
     adapter = adapter_for(model)
-    matcher = HungarianMatcher(loss.class_cost, loss.bbox_cost, loss.giou_cost, adapter.class_head,
-                               loss.focal_alpha, loss.focal_gamma)
+    matcher = HungarianMatcher.from_config(loss, adapter.class_head)
     was_training = model.training
     model.eval().to(device)
     count = len(dataset) if max_images is None else min(max_images, len(dataset))

@@ -60,8 +60,7 @@ def ld_pairs(teacher, student, batch: dict, student_stage: int = -1, loss: LossC
     t_logits = teacher_logits_for(student_adapter.class_head, t.logits[teacher_stage], teacher_adapter.class_head)
     pairs = match_teacher_student(t_logits, t.boxes_cxcywh[teacher_stage], s.logits[student_stage],
                                   s.boxes_cxcywh[student_stage], student_adapter.class_head, logits)
-    matcher = HungarianMatcher(loss.class_cost, loss.bbox_cost, loss.giou_cost, teacher_adapter.class_head,
-                               loss.focal_alpha, loss.focal_gamma)
+    matcher = HungarianMatcher.from_config(loss, teacher_adapter.class_head)
     gt_matches = matcher(t.logits[teacher_stage], t.boxes_cxcywh[teacher_stage], batch["labels"])
     positive = teacher_positive_mask(gt_matches, t.logits.shape[2])
     size = batch["padded_size"]

@@ -102,8 +102,7 @@ def compute_masks(
     model.train(was_training)
     targets = batch["labels"]
     logits, boxes = record.logits[-1].float().cpu(), record.boxes_cxcywh[-1].float().cpu()
-    matcher = HungarianMatcher(loss.class_cost, loss.bbox_cost, loss.giou_cost, adapter.class_head,
-                               loss.focal_alpha, loss.focal_gamma)
+    matcher = HungarianMatcher.from_config(loss, adapter.class_head)
     matches = matcher(logits, boxes, targets)
     scores = class_scores(logits, adapter.class_head)
     iou = matched_iou(boxes, targets, matches)

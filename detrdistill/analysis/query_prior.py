@@ -78,8 +78,7 @@ def answer_teacher_queries(student, teacher, batch: dict, query_map: nn.Module |
     s = student_adapter(batch["pixel_values"], batch["pixel_mask"])
     queries = (query_map or nn.Identity())(t.query_embeddings)
     decoded = student_adapter.decode(s, queries)
-    matcher = HungarianMatcher(loss.class_cost, loss.bbox_cost, loss.giou_cost, teacher_adapter.class_head,
-                               loss.focal_alpha, loss.focal_gamma)
+    matcher = HungarianMatcher.from_config(loss, teacher_adapter.class_head)
     matches = matcher(t.logits[-1], t.boxes_cxcywh[-1], batch["labels"])
     size, result = batch["padded_size"], []
     for image, (query_idx, gt_idx) in enumerate(matches):

@@ -45,9 +45,7 @@ class DetectionLoss:
 
     def __init__(self, config: LossConfig, num_classes: int, class_head: str):
         self.config, self.num_classes, self.class_head = config, num_classes, class_head
-        self.matcher = HungarianMatcher(
-            config.class_cost, config.bbox_cost, config.giou_cost, class_head, config.focal_alpha, config.focal_gamma
-        )
+        self.matcher = HungarianMatcher.from_config(config, class_head)
 
     def classification(
         self, logits: torch.Tensor, targets: list[dict], indices: MatchIndices, num_boxes: float
