@@ -142,9 +142,10 @@ def build_summary(plan: SuitePlan, resamples: int = 1000) -> dict:
     same_time = same_time_variant(suite)
     summary = {"suite": suite.name, "title": suite.title, "command": plan.command, "machine": machine_facts(),
                "data": str(plan.data), "seeds": plan.seeds, "quick": plan.quick, "resamples": resamples,
-               "paper_source": suite.paper_source, "families": {}, "targets": []}
+               "paper_source": suite.paper_source, "families": {}, "targets": [], "shared_cores": []}
     for family in plan.families:
         rows = records[family]
+        summary["shared_cores"] += shared_core_runs(rows)
         variants: list[Variant] = [*plan.variants(), same_time]
         labels = {v.key: v.label for v in [*suite.variants, same_time]}  # rows left out by --quick too
         section = {"steps": plan.steps(family), "eval_every": plan.eval_every(family), "teacher": None, "rows": []}
@@ -175,6 +176,19 @@ def build_summary(plan: SuitePlan, resamples: int = 1000) -> dict:
             summary["targets"].append({"family": family, "text": target.text, "source": target.source,
                                        **check_target(target, rows, labels)})
     return summary
+
+
+def shared_core_runs(rows: dict[str, list[dict]]) -> list[str]:
+    """"run name: busy process, ..." for each run whose training shared the cores (its
+    ``machine_load``; runs recorded before it existed have none and are not listed)."""
+    shared = []
+    for runs in rows.values():
+        for record in runs:
+            load = record.get("machine_load") or {}
+            if load.get("shared"):
+                busy = ", ".join(f"{b['name']} ({b['core_share']:.1f} cores)" for b in load["busy_processes"][:3])
+                shared.append(f"{record['family']}/{record['variant']} seed {record['seed']}: {busy}")
+    return shared
 
 
 def _same_runs(gain: dict, earlier: dict | None) -> bool:
@@ -328,6 +342,10 @@ def render_markdown(summary: dict, plan: SuitePlan) -> str:
         lines += ["", "† From this page's previous build: the run directories behind it (AP tables, the teacher's "
                   "eval.json) are gone, and the same runs' numbers were kept (runs matched by their per-seed gains; "
                   "the teacher by its directory)."]
+    if summary.get("shared_cores"):
+        lines += ["", "**Warning: these runs shared the cores with other busy processes**, so their step times, "
+                  "and the equal-time student's steps derived from them, are not their own (two torch processes on "
+                  "2 cores run 10-40x slower): " + "; ".join(summary["shared_cores"]) + "."]
     lines += ["", "## Targets", ""]
     if not summary["targets"]:
         lines.append("This suite has no acceptance targets; it reports the comparison only.")

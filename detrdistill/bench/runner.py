@@ -43,6 +43,7 @@ from detrdistill.config import ConfigError, RunConfig, config_to_dict, load_conf
 from detrdistill.inference import predict
 from detrdistill.models.build import load_detector
 from detrdistill.training.checkpoint import CHECKPOINT_NAME
+from detrdistill.training.machine_load import read_machine_load
 from detrdistill.training.prepare import load_datasets
 from detrdistill.training.run import run_training
 
@@ -281,6 +282,7 @@ def run_record(plan: SuitePlan, run: PlannedRun, run_dir: Path, evaluation: dict
         "teacher": str(run.teacher_dir) if run.teacher_dir else None,
         "run_dir": str(run_dir),
         "eval": {k: v for k, v in evaluation.items() if k not in ("steps", "train_s", "step_ms")},
+        "machine_load": read_machine_load(run_dir),
         "steps": evaluation["steps"],
         "step_ms": evaluation["step_ms"],
         "train_s": evaluation["train_s"],
@@ -297,6 +299,11 @@ def execute(plan: SuitePlan, run: PlannedRun, progress: bool = True) -> dict:
     """Train (or reuse) one run, save its predictions once, write and return its result JSON."""
     run_dir = run_dir_for(plan.runs, run)
     evaluation = train_or_reuse(run, run_dir, plan.data, progress)
+    load = read_machine_load(run_dir)
+    if load and load["shared"]:
+        busy = ", ".join(f"{b['name']} (pid {b['pid']}, {b['core_share']:.1f} cores)" for b in load["busy_processes"])
+        print(f"[bench] WARNING: {run.name} shared the cores with {busy}: its step time, and any equal-time row "
+              "derived from it, is not its own. Run suites alone, or give each process OMP_NUM_THREADS=1.")
     if (run_dir / AP_TABLE).is_file():
         ap_from_predictions = load_ap_table(run_dir / AP_TABLE).ap()
     else:

@@ -37,6 +37,7 @@ from detrdistill.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, rn
 from detrdistill.training.distributed import max_over_processes, mean_over_processes
 from detrdistill.training.evaluation import evaluate_across_processes
 from detrdistill.training.grad_diagnostic import gradient_diagnostic, group_parameters
+from detrdistill.training.machine_load import MACHINE_LOAD_NAME, LoadMonitor
 from detrdistill.training.optim import build_optimizer, lr_factor, set_lr
 from detrdistill.training.precision import autocast
 from detrdistill.training.sampler import ResumableBatchSampler, SeededAugmentation
@@ -133,7 +134,9 @@ def fit(
     Writes ``config.yaml``, ``metrics.jsonl`` (one line per log step / evaluation / gradient
     diagnostic),
     ``checkpoint.pt`` (atomic, every ``checkpoint_every`` steps and at the end),
-    ``model/`` (``save_pretrained``) and ``eval.json`` (final val AP). Returns eval.json's
+    ``model/`` (``save_pretrained``), ``eval.json`` (final val AP) and a line of
+    ``machine_load.jsonl`` (the load average and the other processes busy during this part of
+    the run, one line per start or resume: ``training/machine_load.py``). Returns eval.json's
     dict (in every process). ``accelerator``: the process setup (default: a new one).
     """
     train = config.train
@@ -192,6 +195,7 @@ def fit(
         disable=not (progress and main),
         dynamic_ncols=True,
     )
+    load, first_step = LoadMonitor(), step
     diagnose_every = train.grad_diagnostic_every if main else 0
     diagnosed_groups = group_parameters(model) if diagnose_every else {}
     trained.train()
@@ -236,6 +240,7 @@ def fit(
         bar.update(1)
 
         if step % train.log_every == 0 or step == 1:
+            load.sample()
             # The loss of the global batch: the mean of the processes' losses (box terms exactly).
             logged = dict(zip(terms, mean_over_processes(torch.stack(list(terms.values()))).tolist(), strict=True))
             loss_value = sum(logged.values())
@@ -269,6 +274,8 @@ def fit(
     if main:
         _append_jsonl(metrics_path, {"step": step, "elapsed_s": round(elapsed_s, 1), "eval": metrics})
         (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
+        # What else ran, kept out of eval.json so that a resumed run's eval.json stays byte-identical.
+        _append_jsonl(out_dir / MACHINE_LOAD_NAME, {"steps": [first_step, step], **load.summary()})
     accelerator.wait_for_everyone()
     return result
 
