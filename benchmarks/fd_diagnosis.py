@@ -1,0 +1,255 @@
+"""Why FD does not combine with LD and AD on Conditional DETR: hypotheses H1-H3 of issue 21, measured.
+
+    python benchmarks/fd_diagnosis.py --data data/shapes --runs runs/fd_diagnosis --seeds 3
+
+Every run trains on ``minitrain`` and is scored on ``minival`` (500 images carved out of train
+with ``detrdistill carve-split``, seed 0): settings are chosen there. The val split is scored
+afterwards and reported beside it, never used to choose. Every distilled run records the
+per-term gradient diagnostic (``train.grad_diagnostic_every``). Before any training, the
+target-awareness of each FD form is measured on each teacher (``analysis/mask_focus.py``)
+over 64 minival images.
+
+Writes, as each run finishes, ``benchmarks/results/fd_diagnosis/<family>/<row>-seed<k>.json``
+(AP on minival and val, the gradient summary, the teacher's weight digest), then the page
+``benchmarks/results/fd_diagnosis.md`` + ``.json`` and one gradient figure per family. Records
+of another teacher (its weights' digest) are left off the page, so a page never mixes
+teachers. Finished runs are not redone; ``--report-only`` rebuilds the page from the records.
+``--jobs 2`` runs two trainings at once with one thread each (this 2-core machine's best
+throughput for these small models); nothing here is timed against another run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from detrdistill.analysis.draw import load_batch
+from detrdistill.analysis.gradients import gradient_lines, plot_gradients, summarise
+from detrdistill.analysis.mask_focus import format_focus_table, mask_focus
+from detrdistill.bench.suites import FAMILY_PRESETS
+from detrdistill.config import FeatureDistillConfig, load_config
+from detrdistill.data.coco import CocoDetection
+from detrdistill.data.splits import carve_split
+from detrdistill.data.transforms import build_transforms
+from detrdistill.models.build import load_detector
+
+RESULTS = Path(__file__).parent / "results"
+TRAIN_SPLIT, SELECT_SPLIT, REPORT_SPLIT = "minitrain", "minival", "val"
+HELD_OUT_IMAGES = 500
+STEPS = {"conditional_detr": 2000, "deformable_detr": 600}  # main's schedules
+DIAGNOSTICS_PER_RUN = 20
+
+NO_KD = {"distill.logits.enabled": False, "distill.features.enabled": False, "distill.assignment.enabled": False}
+# (key, label, overrides on the student preset, what the row tests). None: no teacher.
+ROWS = (
+    ("student", "student (no KD)", None, "the reference"),
+    ("ld_ad", "LD + AD (no FD)", {"distill.features.enabled": False}, "what FD adds to the other two"),
+    ("all", "all three: quality mask, tau 1, lambda_FD 20 (today's default)", {}, "the failure being diagnosed"),
+    ("all_lambda2", "all three, lambda_FD 2", {"distill.lambda_fd": 2.0},
+     "H1: FD's scale (a tenth of the weight, same masks)"),
+    ("all_sharp", "all three, quality mask tau 0.25", {"distill.features.temperature": 0.25},
+     "H3: sharper, more target-aware masks at the same mean mask"),
+    ("all_sharp_lambda2", "all three, quality mask tau 0.25, lambda_FD 2",
+     {"distill.features.temperature": 0.25, "distill.lambda_fd": 2.0},
+     "H3 alone: sharper masks at about the default's mean weight (Conditional: 2 x 0.82 against 20 x 0.08)"),
+    ("all_paper", "all three, paper mask (eq. 6 dot product)", {"distill.features.mask": "paper"},
+     "the paper's literal mask at the paper's lambda"),
+    ("all_input", "all three, FD on the encoder input", {"distill.features.features": "encoder_input"},
+     "H2: FD away from the memory the cross-attention reads (and H1: its scale there)"),
+)
+FOCUS_FORMS = {
+    "quality, tau 1 (default)": FeatureDistillConfig(),
+    "quality, tau 0.5": FeatureDistillConfig(temperature=0.5),
+    "quality, tau 0.25": FeatureDistillConfig(temperature=0.25),
+    "paper (dot product)": FeatureDistillConfig(mask="paper"),
+    "vanilla": FeatureDistillConfig(mask="vanilla"),
+    "release (cosine)": FeatureDistillConfig(mask="release"),
+    "quality, encoder input": FeatureDistillConfig(features="encoder_input"),
+}
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12]
+
+
+def teacher_digest(teacher_dir: Path) -> str:
+    """The teacher's identity: a digest of its weights, so records of a retrained teacher never mix."""
+    return file_digest(teacher_dir / "model" / "model.safetensors")
+
+
+def record_path(family: str, key: str, seed: int) -> Path:
+    return RESULTS / "fd_diagnosis" / family / f"{key}-seed{seed}.json"
+
+
+def run_one(family: str, key: str, overrides: dict | None, seed: int, args) -> dict:
+    """Train (or reuse) one run, score it on minival and val, write its record."""
+    out = args.runs / family / key / f"seed{seed}"
+    teacher = args.teachers / Path(FAMILY_PRESETS[family].teacher).stem
+    steps = args.steps or STEPS[family]
+    sets = {"train.eval_every": 0, "train.seed": seed, "train.steps": steps, **(overrides or NO_KD)}
+    if overrides is not None:
+        sets["train.grad_diagnostic_every"] = max(steps // DIAGNOSTICS_PER_RUN, 1)
+    command = ["distill", "--teacher", str(teacher)] if overrides is not None else ["train"]
+    command += ["--config", FAMILY_PRESETS[family].student, "--data", str(args.data), "--out", str(out),
+                "--train-split", TRAIN_SPLIT, "--val-split", SELECT_SPLIT]
+    for name, value in sets.items():
+        command += ["--set", f"{name}={json.dumps(value)}"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    log = args.runs / family / key / f"seed{seed}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    if not (out / "eval.json").is_file():
+        with log.open("a") as stream:
+            subprocess.run([sys.executable, "-m", "detrdistill.cli", *command, *(["--resume"] if out.exists() else [])],
+                           check=True, env=env, stdout=stream, stderr=subprocess.STDOUT)
+    report = out / f"eval_{REPORT_SPLIT}.json"
+    if not report.is_file():
+        subprocess.run([sys.executable, "-m", "detrdistill.cli", "eval", str(out), "--data", str(args.data),
+                        "--split", REPORT_SPLIT, "--out", str(report)], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+    select = json.loads((out / "eval.json").read_text())
+    record = {
+        "family": family, "row": key, "seed": seed, "overrides": overrides, "steps": select["steps"],
+        "step_ms": select["step_ms"], SELECT_SPLIT: _ap(select), REPORT_SPLIT: _ap(json.loads(report.read_text())),
+        "teacher": str(teacher), "teacher_digest": teacher_digest(teacher) if overrides is not None else None,
+        "gradients": summarise(gradient_lines(out)) if overrides is not None else None,
+        "command": "python -m detrdistill.cli " + " ".join(command),
+    }
+    path = record_path(family, key, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2))
+    print(f"{family} {key} seed {seed}: minival AP {100 * record[SELECT_SPLIT]['AP']:.1f}, "
+          f"val AP {100 * record[REPORT_SPLIT]['AP']:.1f}", flush=True)
+    return record
+
+
+def _ap(metrics: dict) -> dict:
+    return {k: metrics[k] for k in ("AP", "AP50", "AP75")}
+
+
+def measure_focus(family: str, args) -> dict:
+    """Target-awareness of every FD form on the family's teacher, 64 minival images."""
+    teacher_dir = args.teachers / Path(FAMILY_PRESETS[family].teacher).stem
+    config = load_config(teacher_dir / "config.yaml")
+    dataset = CocoDetection(args.data, SELECT_SPLIT,
+                            transforms=build_transforms(False, config.data.image_size, config.data.max_size))
+    batches = [load_batch(dataset, list(range(start, start + 16))) for start in range(0, 64, 16)]
+    results = mask_focus(load_detector(teacher_dir), batches, FOCUS_FORMS, config.loss)
+    return {"teacher_digest": teacher_digest(teacher_dir), "forms": results}
+
+
+def _mean_std(values: list[float]) -> str:
+    values = 100 * np.asarray(values)
+    return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}" if len(values) > 1 else f"{values.mean():.1f}"
+
+
+def family_section(family: str, records: list[dict], focus: dict | None) -> list[str]:
+    lines = [f"## {family}", ""]
+    if focus:
+        lines += ["### Target-awareness of each FD form on the teacher (64 minival images)", "",
+                  format_focus_table(focus["forms"]), ""]
+    by_row = {key: [r for r in records if r["row"] == key] for key, *_ in ROWS}
+    student = {r["seed"]: r for r in by_row["student"]}
+    lines += ["### AP (x100), trained on minitrain", "",
+              f"| row | seeds | {SELECT_SPLIT} AP | {SELECT_SPLIT} gain | {REPORT_SPLIT} AP | {REPORT_SPLIT} gain | "
+              "tests |", "|---|---:|---:|---:|---:|---:|---|"]
+    for key, label, _, tests in ROWS:
+        rows = sorted(by_row[key], key=lambda r: r["seed"])
+        if not rows:
+            continue
+        cells = []
+        for split in (SELECT_SPLIT, REPORT_SPLIT):
+            cells.append(_mean_std([r[split]["AP"] for r in rows]))
+            paired = [r[split]["AP"] - student[r["seed"]][split]["AP"] for r in rows if r["seed"] in student]
+            cells.append("" if key == "student" or not paired else f"{100 * np.mean(paired):+.1f}")
+        lines.append(f"| {label} | {len(rows)} | " + " | ".join(cells) + f" | {tests} |")
+    lines += ["", "### Gradients on the student's encoder (weighted terms; mean over the run's diagnostics, "
+              "seed 0)", "", "| row | det | LD | FD | AD | cos det/FD | cos LD/FD | cos AD/FD | cos det/LD | "
+              "cos det/AD |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for key, label, _, _ in ROWS:
+        seed0 = [r for r in by_row[key] if r["seed"] == 0 and r["gradients"]]
+        if not seed0:
+            continue
+        g = seed0[0]["gradients"]
+        norm = [g["norm"].get(c, {}).get("encoder") for c in ("det", "ld", "fd", "ad")]
+        pairs = ("det|fd", "ld|fd", "ad|fd", "det|ld", "det|ad")
+        cosine = [g["cosine"].get(p, {}).get("encoder") for p in pairs]
+        lines.append(f"| {label} | " + " | ".join("-" if v is None else f"{v:.3g}" for v in norm) + " | "
+                     + " | ".join("-" if v is None else f"{v:+.2f}" for v in cosine) + " |")
+    return lines + [""]
+
+
+def write_page(families: list[str], focus: dict[str, dict], args) -> None:
+    records, stale = {}, []
+    for family in families:
+        digest = teacher_digest(args.teachers / Path(FAMILY_PRESETS[family].teacher).stem)
+        records[family] = []
+        for path in sorted((RESULTS / "fd_diagnosis" / family).glob("*.json")):
+            record = json.loads(path.read_text())
+            if record["teacher_digest"] not in (None, digest):
+                stale.append(str(path.relative_to(RESULTS)))
+                continue
+            records[family].append(record)
+    lines = ["# FD diagnosis: why feature distillation does not combine with LD and AD on Conditional DETR", "",
+             f"Regenerate: `python benchmarks/fd_diagnosis.py --data {args.data} --runs {args.runs} "
+             f"--seeds {args.seeds}` (add `--report-only` to rebuild this page from the per-run records).", "",
+             f"Every run trains on `{TRAIN_SPLIT}` (train less {HELD_OUT_IMAGES} images) and is chosen on "
+             f"`{SELECT_SPLIT}` (those {HELD_OUT_IMAGES}); `{REPORT_SPLIT}` is scored only to report. Gains are "
+             "paired per seed against the student of the same seed. Steps: "
+             + ", ".join(f"{f} {args.steps or STEPS[f]}" for f in families) + ".", ""]
+    for family in families:
+        lines += family_section(family, records[family], focus.get(family))
+    if stale:
+        lines += ["Left off (recorded with another teacher): " + ", ".join(stale), ""]
+    (RESULTS / "fd_diagnosis.md").write_text("\n".join(lines))
+    (RESULTS / "fd_diagnosis.json").write_text(json.dumps({"focus": focus, "records": records}, indent=2))
+    for family in families:
+        run = args.runs / family / "all" / "seed0"
+        if (run / "metrics.jsonl").is_file():
+            figure = plot_gradients(gradient_lines(run), f"{family}, all three (today's default), seed 0")
+            figure.savefig(RESULTS / f"fd_diagnosis_gradients_{family}.png", dpi=90)
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("data/shapes"))
+    parser.add_argument("--runs", type=Path, default=Path("runs/fd_diagnosis"))
+    parser.add_argument("--teachers", type=Path, default=Path("runs/presets"))
+    parser.add_argument("--families", nargs="+", default=["conditional_detr", "deformable_detr"])
+    parser.add_argument("--rows", nargs="+", help="row keys (default: all)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, help="override every family's steps (smoke tests)")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="threads per training process")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    carve_split(args.data, "train", HELD_OUT_IMAGES, 0, (TRAIN_SPLIT, SELECT_SPLIT))
+    focus_file = RESULTS / "fd_diagnosis_focus.json"
+    focus = json.loads(focus_file.read_text()) if focus_file.is_file() else {}
+    for family in args.families:
+        digest = teacher_digest(args.teachers / Path(FAMILY_PRESETS[family].teacher).stem)
+        if focus.get(family, {}).get("teacher_digest") != digest and not args.report_only:
+            focus[family] = measure_focus(family, args)
+            focus_file.write_text(json.dumps(focus, indent=2))
+    if not args.report_only:
+        rows = [row for row in ROWS if not args.rows or row[0] in args.rows]
+        # Seed-major: every row's seed 0 finishes before any seed 1, so a cut-short sweep still compares rows.
+        jobs = [(family, key, overrides, seed) for seed in range(args.first_seed, args.first_seed + args.seeds)
+                for family in args.families for key, _, overrides, _ in rows]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for future in [pool.submit(run_one, *job, args) for job in jobs]:
+                future.result()
+    write_page(args.families, focus, args)
+
+
+if __name__ == "__main__":
+    main()
