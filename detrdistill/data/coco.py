@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from detrdistill.data.errors import DatasetError
+from detrdistill.data.images import ROTATING_ORIENTATIONS, read_rgb
 
 INVALID_BOX_MODES = ("clip", "reject")
 _REQUIRED_FIELDS = {
@@ -141,8 +142,7 @@ class CocoDetection(Dataset):
         path = self.image_path(index)
         where = f"images[{index}] (id {record['id']}) of {self.annotation_file}"
         try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
+            image, orientation = read_rgb(path)
         except FileNotFoundError:
             raise DatasetError(
                 f"Image file {path} for {where} does not exist. Put the image there or fix "
@@ -153,6 +153,15 @@ class CocoDetection(Dataset):
                 f"Image file {path} for {where} could not be read ({error}). The file is corrupt or not an "
                 f"image: replace it, or remove images[{index}] and its annotations."
             ) from error
+        if image.size != (record["width"], record["height"]) and orientation in ROTATING_ORIENTATIONS \
+                and image.size == (record["height"], record["width"]):
+            raise DatasetError(
+                f"Image file {path} for {where} carries EXIF orientation {orientation}: viewers show it rotated, "
+                f"{image.width}x{image.height}, and that is how it is read here, but the record says "
+                f"{record['width']}x{record['height']}, the stored (unrotated) size. If its boxes were drawn on the "
+                "picture as viewers show it, set width/height to the rotated size; if they were drawn on the stored "
+                "pixels, save the image without its EXIF orientation tag (e.g. ImageOps.exif_transpose then save)."
+            )
         if image.size != (record["width"], record["height"]):
             raise DatasetError(
                 f"Image file {path} is {image.width}x{image.height} but {where} says "
