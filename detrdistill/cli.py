@@ -49,22 +49,23 @@ def parse_set_options(options: list[str]) -> dict:
 
 
 def _config_with_overrides(args):
+    """The run config: ``--config``, then ``--set`` options, then the budget, seed and split
+    flags, all through the config's own checks (types, budgets) before anything is written."""
     from detrdistill.bench.overrides import apply_overrides
 
     config = load_config(args.config)
-    if getattr(args, "overrides", None):
-        config = apply_overrides(config, parse_set_options(args.overrides), where="--set")
+    overrides = parse_set_options(getattr(args, "overrides", None) or [])
     if getattr(args, "steps", None) is not None:
-        config.train.steps, config.train.minutes = args.steps, None
+        overrides.update({"train.steps": args.steps, "train.minutes": None})
     if getattr(args, "minutes", None) is not None:
-        config.train.steps, config.train.minutes = None, args.minutes
+        overrides.update({"train.steps": None, "train.minutes": args.minutes})
     if getattr(args, "seed", None) is not None:
-        config.train.seed = args.seed
+        overrides["train.seed"] = args.seed
     if getattr(args, "train_split", None):
-        config.data.train_split = args.train_split
+        overrides["data.train_split"] = args.train_split
     if getattr(args, "val_split", None):
-        config.data.val_split = args.val_split
-    return config
+        overrides["data.val_split"] = args.val_split
+    return apply_overrides(config, overrides, where="command line") if overrides else config
 
 
 def cmd_make_shapes(args) -> None:

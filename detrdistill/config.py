@@ -8,6 +8,8 @@ and can be named without a path (``--config conditional_teacher``).
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,9 @@ class BackboneConfig:
     # an ImageNet ResNet, "all_but_stem_and_stage1"; ours is pretrained on far less data, so
     # by default stage 1 may move). Also "all" and "none".
     trainable: str = "all_but_stem"
+
+
+MODEL_FAMILIES = ("detr", "conditional_detr", "deformable_detr", "adamixer")
 
 
 @dataclass
@@ -63,6 +68,10 @@ class ModelConfig:
     # Start from a from_pretrained-compatible directory instead of building from the above.
     pretrained: str | None = None
 
+    def __post_init__(self):
+        if self.family not in MODEL_FAMILIES:
+            raise ConfigError(f"model.family {self.family!r} is not one of {list(MODEL_FAMILIES)}")
+
 
 @dataclass
 class BackbonePretrainingConfig:
@@ -74,6 +83,9 @@ class BackbonePretrainingConfig:
     crop_size: int = 48
     lr: float = 2e-3
     weight_decay: float = 1e-4
+
+
+INVALID_BOX_MODES = ("clip", "reject")
 
 
 @dataclass
@@ -92,6 +104,18 @@ class DataConfig:
     # disk). The embedded 4000-image train split takes 250 MiB; COCO train2017 would take ~100 GiB.
     # Each DataLoader worker process keeps its own copy.
     cache_mb: float = 1024.0
+
+    def __post_init__(self):
+        for name in ("image_size", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.num_workers < 0 or self.cache_mb < 0:
+            raise ConfigError(f"data.num_workers and data.cache_mb must be >= 0, got {self.num_workers!r} and "
+                              f"{self.cache_mb!r}")
+        if self.max_size is not None and self.max_size < self.image_size:
+            raise ConfigError(f"data.max_size ({self.max_size}) must be null or >= data.image_size ({self.image_size})")
+        if self.invalid_boxes not in INVALID_BOX_MODES:
+            raise ConfigError(f"data.invalid_boxes {self.invalid_boxes!r} is not one of {INVALID_BOX_MODES}")
 
 
 @dataclass
@@ -112,7 +136,7 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 2000
+    steps: int | None = 2000
     # Wall-clock budget in minutes; when set, training stops at whichever comes first.
     minutes: float | None = None
     lr: float = 5e-4
@@ -142,6 +166,16 @@ class TrainConfig:
     grad_diagnostic_every: int = 0
 
     def __post_init__(self):
+        # One budget check: every way of setting a budget (YAML, --steps, --minutes, --set) ends here.
+        if self.steps is None and self.minutes is None:
+            raise ConfigError("train: give a budget, train.steps and/or train.minutes")
+        if self.steps is not None and (not isinstance(self.steps, int) or isinstance(self.steps, bool)
+                                       or self.steps < 1):
+            raise ConfigError(
+                f"train.steps must be a whole number >= 1 (or null with train.minutes), got {self.steps!r}"
+            )
+        if self.minutes is not None and not self.minutes > 0:
+            raise ConfigError(f"train.minutes must be > 0 (or null with train.steps), got {self.minutes!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ConfigError(f"train.mixed_precision {self.mixed_precision!r} is not one of ['no', 'bf16', 'fp16']")
         if not isinstance(self.grad_accum_steps, int) or self.grad_accum_steps < 1:
@@ -313,22 +347,53 @@ class ConfigError(ValueError):
     """A config file that cannot be read or has unknown fields."""
 
 
-def _from_dict(cls, values: dict[str, Any], where: str):
+def has_type(value: Any, hint: Any) -> bool:
+    """``isinstance`` for the annotations this module uses: int, float, bool, str, X | None, list[X]."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(has_type(value, option) for option in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list | tuple) and all(has_type(v, item) for v in value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:  # bool is an int subclass, but True as a step count is a mistake
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _from_dict(cls, values: dict[str, Any], where: str, prefix: str = ""):
+    """``cls`` from a mapping, every key known and every value of its field's type.
+
+    ``where`` names the source (a file), ``prefix`` the section (``train.``) in messages."""
+    section = prefix.rstrip(".") or "the top level"
     if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+        raise ConfigError(f"{where}: {section} must be a mapping of fields, got {type(values).__name__} {values!r}")
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ConfigError(
-            f"{where}: unknown field(s) {unknown}; known fields are {sorted(known)}"
+            f"{where}: unknown field(s) {[prefix + name for name in unknown]} in {section}; "
+            f"known fields are {sorted(known)}"
         )
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
-        default = getattr(cls(), name)
-        if dataclasses.is_dataclass(default):
-            kwargs[name] = _from_dict(type(default), value, f"{where}.{name}")
+        if dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = _from_dict(hints[name], value, where, f"{prefix}{name}.")
+        elif not has_type(value, hints[name]):
+            raise ConfigError(f"{where}: {prefix}{name} must be {type_name(hints[name])}, "
+                              f"got {type(value).__name__} {value!r}")
         else:
-            kwargs[name] = value
+            kwargs[name] = list(value) if isinstance(value, tuple) else value
     try:
         return cls(**kwargs)
     except ConfigError as error:  # a dataclass's own validation: say which file it came from

@@ -51,7 +51,7 @@ def test_overrides_set_nested_fields_and_leave_the_input_alone():
         ({"distil.logits.pos_cls": False}, "the run config has no field 'distil'"),
         ({"distill.logits": False}, "names a section, not a field"),
         ({"train.steps.count": 3}, "train.steps is a value, not a section"),
-        ({"train.steps": "100"}, "train.steps must be int, got str '100'"),
+        ({"train.steps": "100"}, "train.steps must be int | None, got str '100'"),
         ({"train.steps": True}, "train.steps must be int"),
         ({"distill.logits.pos_cls": 1}, "distill.logits.pos_cls must be bool"),
     ],
@@ -242,11 +242,14 @@ def test_config_digest_ignores_the_seed_and_an_undistilled_runs_distill_section(
 
 
 def test_a_setting_added_later_keeps_earlier_digests_at_its_default(tmp_path):
-    """distill.logits.normalise came after runs were recorded: at its default the digest is the
-    one computed without the field; another value is another run."""
+    """distill.logits.normalise and distill.features.temperature came after runs were recorded:
+    at their defaults the digest is the one computed without them; another value is another
+    run. train.grad_diagnostic_every only adds records, so it is never part of the digest."""
     config = make_tiny_run_config(steps=4)
     values = config_to_dict(config)
     del values["distill"]["logits"]["normalise"]
+    del values["distill"]["features"]["temperature"]
+    values["train"].pop("grad_diagnostic_every")
     values["train"].pop("seed")
     values["data"].pop("cache_mb")
     teacher_eval = tmp_path / "eval.json"
@@ -256,6 +259,10 @@ def test_a_setting_added_later_keeps_earlier_digests_at_its_default(tmp_path):
     assert config_digest(config, tmp_path) == without_field
     matched = apply_overrides(config, {"distill.logits.normalise": "matched"})
     assert config_digest(matched, tmp_path) != without_field
+    sharper = apply_overrides(config, {"distill.features.temperature": 0.5})
+    assert config_digest(sharper, tmp_path) != without_field
+    diagnosed = apply_overrides(config, {"train.grad_diagnostic_every": 10})
+    assert config_digest(diagnosed, tmp_path) == without_field
 
 
 def test_same_time_steps_fill_the_distilled_runs_training_time():

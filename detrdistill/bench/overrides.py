@@ -7,12 +7,11 @@ variant reads like the paper's ablation switch it stands for.
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from collections.abc import Mapping
 from typing import Any
 
-from detrdistill.config import ConfigError, RunConfig, config_from_dict, config_to_dict
+from detrdistill.config import ConfigError, RunConfig, config_from_dict, config_to_dict, has_type, type_name
 
 
 def apply_overrides(config: RunConfig, overrides: Mapping[str, Any], where: str = "overrides") -> RunConfig:
@@ -44,34 +43,11 @@ def apply_overrides(config: RunConfig, overrides: Mapping[str, Any], where: str 
                     f"{where}: key {key!r} names a section, not a field; set one of its fields instead, "
                     f"e.g. {key}.{dataclasses.fields(hint)[0].name}"
                 )
-            elif not _has_type(value, hint):
-                raise ConfigError(f"{where}: {key} must be {_type_name(hint)}, got {type(value).__name__} {value!r}")
+            elif not has_type(value, hint):
+                raise ConfigError(f"{where}: {key} must be {type_name(hint)}, got {type(value).__name__} {value!r}")
             else:
                 section[name] = list(value) if isinstance(value, tuple) else value  # YAML has no tuples
     try:
         return config_from_dict(values)
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from error
-
-
-def _has_type(value: Any, hint: Any) -> bool:
-    """``isinstance`` for the annotations config.py uses: int, float, bool, str, X | None, list[X]."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_has_type(value, option) for option in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        return isinstance(value, list | tuple) and all(_has_type(v, item) for v in value)
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:  # bool is an int subclass, but True as a step count is a mistake
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")

@@ -24,10 +24,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from detrdistill.config import INVALID_BOX_MODES
 from detrdistill.data.errors import DatasetError
 from detrdistill.data.images import ROTATING_ORIENTATIONS, read_rgb
 
-INVALID_BOX_MODES = ("clip", "reject")
 _REQUIRED_FIELDS = {
     "images": ("id", "file_name", "width", "height"),
     "annotations": ("image_id", "category_id", "bbox"),
@@ -77,8 +77,8 @@ class CocoDetection(Dataset):
         if clipped:
             warnings.warn(
                 f"{self.annotation_file}: {len(clipped)} boxes extend outside their image and were clipped to it "
-                f"(first: annotations[{clipped[0]}]). Fix them in the file, or pass invalid_boxes='reject' to "
-                "make this an error.",
+                f"(first: annotations[{clipped[0]}]). Fix them in the file, or set data.invalid_boxes: reject in the "
+                "run's config (invalid_boxes='reject' in Python) to make this an error.",
                 stacklevel=2,
             )
         # All or nothing, so a split's loading speed does not depend on the order images are read.
