@@ -12,6 +12,7 @@ from pathlib import Path
 from detrdistill.bench.suites import SUITES as BENCH_SUITES
 from detrdistill.config import ConfigError, load_config, save_config
 from detrdistill.data.errors import DatasetError
+from detrdistill.training.checkpoint import CheckpointError
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -296,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (DatasetError, ConfigError, FileExistsError, FileNotFoundError) as error:
+    except (DatasetError, ConfigError, CheckpointError, FileExistsError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -104,6 +104,9 @@ class DataConfig:
     # disk). The embedded 4000-image train split takes 250 MiB; COCO train2017 would take ~100 GiB.
     # Each DataLoader worker process keeps its own copy.
     cache_mb: float = 1024.0
+    # Accept images[i].file_name values that are absolute or climb out of the image folder
+    # ("../"); off, so that an annotation file from elsewhere cannot point the reader anywhere.
+    allow_files_outside_root: bool = False
 
     def __post_init__(self):
         for name in ("image_size", "batch_size", "eval_batch_size"):

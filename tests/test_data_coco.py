@@ -3,6 +3,7 @@
 import copy
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -435,3 +436,13 @@ def test_dataloader_batches_the_generated_dataset(shapes_root):
         assert meta["scale"] == 0.75 and meta["orig_size"] == (128, 128)
         if len(labels["boxes"]):
             assert labels["boxes"].min() >= 0 and labels["boxes"].max() <= 1
+
+
+@pytest.mark.parametrize("file_name", ["../outside.png", "/etc/passwd", "sub/../../outside.png"])
+def test_a_file_name_outside_the_image_folder_is_refused_unless_allowed(tmp_path, file_name):
+    coco = copy.deepcopy(HAND_COCO)
+    coco["images"][0]["file_name"] = file_name
+    write_dataset(tmp_path, coco, make_images=False)
+    with pytest.raises(DatasetError, match=r"images\[0\].file_name .* points outside the image folder"):
+        CocoDetection(tmp_path, "train")
+    assert CocoDetection(tmp_path, "train", allow_files_outside_root=True).image_path(0).name == Path(file_name).name

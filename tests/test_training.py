@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForObjectDetection
 
 from detrdistill.cli import main
@@ -13,13 +14,14 @@ from detrdistill.config import TrainConfig, config_to_dict, load_config, save_co
 from detrdistill.data.coco import CocoDetection
 from detrdistill.models import backbone_pretraining
 from detrdistill.models.backbone_pretraining import cached_backbone
-from detrdistill.models.build import backbone_module
+from detrdistill.models.build import backbone_module, build_detector
 from detrdistill.training import checkpoint as checkpoint_module
 from detrdistill.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from detrdistill.training.loop import DetectionObjective, fit, seed_everything
 from detrdistill.training.optim import build_optimizer, lr_factor
 from detrdistill.training.prepare import load_datasets, prepare_detector
 from detrdistill.training.sampler import ResumableBatchSampler
+from tests.conftest import make_tiny_run_config
 
 AP_KEYS = {"AP", "AP50", "AP75", "APs", "APm", "APl"}
 STEPS = 6
@@ -311,3 +313,51 @@ def test_evaluation_leaves_the_training_rng_alone(shapes_dir, tiny_detector, tin
     before = torch.get_rng_state()
     evaluate_model(model, val_set, batch_size=4, progress=False)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+class _RunsCode:
+    """Unpickling this would run a shell command: what a shared run directory must never do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_checkpoints_are_read_without_unpickling_code(tmp_path):
+    from detrdistill.training.checkpoint import CheckpointError, read_checkpoint
+
+    marker = tmp_path / "ran"
+    path = tmp_path / CHECKPOINT_NAME
+    torch.save({"modules": {}, "payload": _RunsCode(marker)}, path)
+    with pytest.raises(CheckpointError, match=str(path)):
+        read_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_a_truncated_checkpoint_on_resume_names_the_file(shapes_dir, tmp_path, capsys):
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(config_to_dict(make_tiny_run_config("conditional_detr", steps=3))))
+    out = tmp_path / "run"
+    args = ["train", "--config", str(config_path), "--data", str(shapes_dir), "--out", str(out)]
+    assert main(args) == 0
+    checkpoint = out / CHECKPOINT_NAME
+    checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    capsys.readouterr()
+    assert main([*args, "--steps", "4", "--resume"]) == 2
+    error = capsys.readouterr().err
+    assert str(checkpoint) in error and "truncated or corrupt" in error
+
+
+def test_a_truncated_model_on_eval_names_the_directory(shapes_dir, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    build_detector(make_tiny_run_config("conditional_detr").model, CocoDetection(shapes_dir, "train").id2label
+                   ).save_pretrained(model_dir)
+    weights = model_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert main(["eval", str(model_dir), "--data", str(shapes_dir)]) == 2
+    error = capsys.readouterr().err
+    assert str(model_dir) in error and "truncated or corrupt" in error

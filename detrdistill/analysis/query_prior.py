@@ -19,7 +19,7 @@ from detrdistill.box_ops import box_cxcywh_to_xyxy, box_iou
 from detrdistill.config import LossConfig
 from detrdistill.matching import HungarianMatcher
 from detrdistill.models.adapters import adapter_for
-from detrdistill.training.checkpoint import CHECKPOINT_NAME
+from detrdistill.training.checkpoint import CHECKPOINT_NAME, read_checkpoint
 
 QUERY_MAP_KEY = "assignment.query_map."
 
@@ -36,7 +36,7 @@ def load_query_map(run_dir: str | Path | None, teacher_dim: int, student_dim: in
             f"in a distilled run's {CHECKPOINT_NAME}, and {path} does not exist. Pass a run trained with "
             "distill.assignment.enabled"
         )
-    heads = torch.load(path, map_location="cpu", weights_only=False)["modules"].get("distill_heads", {})
+    heads = read_checkpoint(path)["modules"].get("distill_heads", {})
     state = {k[len(QUERY_MAP_KEY):]: v for k, v in heads.items() if k.startswith(QUERY_MAP_KEY)}
     if not state:
         raise ValueError(f"{path} holds no {QUERY_MAP_KEY}*: the run was trained without assignment distillation")

@@ -162,6 +162,8 @@ def same_time_steps(reference_eval: dict, baseline_eval: dict) -> int:
 
 # Caching decoded images yields bit-identical batches (tests/test_data_coco.py).
 SPEED_ONLY_DATA_SETTINGS = ("cache_mb",)
+# Data settings added after runs were recorded, left out of the digest at their default.
+LATER_DATA_SETTINGS = {"allow_files_outside_root": False}
 # Train settings that only add records to metrics.jsonl, never change the trained weights.
 RECORD_ONLY_TRAIN_SETTINGS = ("grad_diagnostic_every",)
 # Settings added after runs were recorded, left out of the digest at their default (the
@@ -179,6 +181,9 @@ def config_digest(config: RunConfig, teacher_dir: Path | None) -> str:
         values["data"].pop(speed_only)
     for record_only in RECORD_ONLY_TRAIN_SETTINGS:
         values["train"].pop(record_only)
+    for key, default in LATER_DATA_SETTINGS.items():
+        if values["data"][key] == default:
+            values["data"].pop(key)
     for (section, subsection, key), default in LATER_SETTINGS.items():
         if values[section][subsection][key] == default:
             values[section][subsection].pop(key)

@@ -52,6 +52,7 @@ class CocoDetection(Dataset):
         transforms: Callable | None = None,
         invalid_boxes: str = "clip",
         cache_mb: float = 0.0,
+        allow_files_outside_root: bool = False,
     ):
         if invalid_boxes not in INVALID_BOX_MODES:
             raise ValueError(f"invalid_boxes must be one of {INVALID_BOX_MODES}, got {invalid_boxes!r}")
@@ -70,6 +71,8 @@ class CocoDetection(Dataset):
         self.id2label = {label: str(c["name"]) for label, c in enumerate(self.categories)}
         self.num_classes = len(self.categories)
         self.image_ids = _check_images(self._images, self.annotation_file)
+        if not allow_files_outside_root:
+            _check_file_names_stay_inside(self._images, self.image_dir, self.annotation_file)
 
         self._boxes, self._labels, clipped = _index_annotations(
             sections["annotations"], self._images, self.category_ids, self.annotation_file, invalid_boxes
@@ -286,6 +289,19 @@ def _check_images(images: list, path: Path) -> list[int]:
             if image[key] <= 0:
                 raise DatasetError(f"{path}: images[{index}].{key} is {image[key]}; it must be > 0. Fix the value.")
     return [image["id"] for image in images]
+
+
+def _check_file_names_stay_inside(images: list, image_dir: Path, path: Path) -> None:
+    """Refuse a file_name that is absolute or climbs out of the image folder (``../``): an
+    annotation file from elsewhere must not make the reader open files outside the dataset."""
+    for index, image in enumerate(images):
+        name = image["file_name"]
+        if os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == os.pardir:
+            raise DatasetError(
+                f"{path}: images[{index}].file_name {name!r} points outside the image folder {image_dir}. "
+                "Use a path relative to it; if the images really live elsewhere, set data.allow_files_outside_root: "
+                "true (allow_files_outside_root=True in Python)."
+            )
 
 
 def _index_annotations(

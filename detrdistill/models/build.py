@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoModelForObjectDetection,
     ConditionalDetrConfig,
@@ -164,6 +165,16 @@ def load_detector(model_dir: str | Path) -> PreTrainedModel:
             f"{model_dir} has no config.json: pass a directory written by save_pretrained "
             "(a run's model/ folder or a downloaded checkpoint)"
         )
+    model_class = AutoModelForObjectDetection
     if json.loads((model_dir / "config.json").read_text()).get("model_type") == AdaMixerConfig.model_type:
-        return AdaMixerForObjectDetection.from_pretrained(model_dir)
-    return AutoModelForObjectDetection.from_pretrained(model_dir)
+        model_class = AdaMixerForObjectDetection
+    try:
+        return model_class.from_pretrained(model_dir)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+        weights = sorted(p.name for p in model_dir.glob("*.safetensors")) or ["no *.safetensors file"]
+        raise FileNotFoundError(
+            f"{model_dir} could not be loaded ({type(error).__name__}: {str(error)[:200]}); its weights "
+            f"({', '.join(weights)}) are missing, truncated or corrupt. Copy the model directory again; in a run "
+            "directory that still has its checkpoint.pt, the same train/distill command with --resume writes "
+            "model/ and eval.json anew from it."
+        ) from error

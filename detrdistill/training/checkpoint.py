@@ -5,6 +5,11 @@ number generator's state (one set per training process, since each process draws
 dropout), plus the fp16 loss scaler when there is one. It is written to a temporary file
 and renamed into place, so a crash mid-write never leaves a truncated checkpoint. In a
 multi-process run the main process writes it and every process reads it.
+
+It is read with ``torch.load(weights_only=True)``: nothing in it is unpickled as code, so a
+run directory someone shares cannot run code on the reader's machine. For that every entry
+is a tensor or a plain number, string, list or dict; the numpy RNG state is stored as its
+parts (``_numpy_state``) rather than as the tuple numpy returns.
 """
 
 from __future__ import annotations
@@ -19,9 +24,26 @@ import torch
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read: truncated, corrupt, or not written by this package."""
+
+
+def _numpy_state() -> dict:
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
+
+
+def _set_numpy_state(state: dict) -> None:
+    np.random.set_state((state["name"], state["keys"].numpy().astype(np.uint32), state["position"],
+                         state["has_gauss"], state["cached_gaussian"]))
+
+
 def rng_state() -> dict:
     """This process's RNG states: torch (CPU and, when present, CUDA), numpy, python."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    version, internal, gauss = random.getstate()
+    state = {"torch": torch.get_rng_state(), "numpy": _numpy_state(),
+             "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -29,8 +51,9 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    _set_numpy_state(state["numpy"])
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["internal"].tolist()), python["gauss"]))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -75,8 +98,7 @@ def load_checkpoint(
     A run resumed with another number of processes restores the main process's RNGs in
     every process (the batches are still the same; dropout draws then differ).
     """
-    # Our own file, holding numpy and python RNG states (not plain tensors).
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = read_checkpoint(path)
     missing = sorted(set(modules) - set(state["modules"]))
     if missing:
         raise ValueError(f"{path} holds no state for {missing}: it was written by a different kind of run")
@@ -88,3 +110,19 @@ def load_checkpoint(
     if scaler is not None and "scaler" in state:
         scaler.load_state_dict(state["scaler"])
     return state["step"], state["elapsed_s"]
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The checkpoint's contents, read without unpickling code; a clear error naming the file
+    when it is truncated, corrupt or holds anything but tensors and plain values."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # torch raises RuntimeError, EOFError or UnpicklingError here
+        raise CheckpointError(
+            f"{path} cannot be read as a detrdistill checkpoint ({type(error).__name__}: {str(error)[:200]}). "
+            "It is truncated or corrupt, or was written by something else (checkpoints are read with "
+            "weights_only=True, so one holding pickled objects is refused). Delete it to train that run again "
+            "from step 0, or restore a good copy; model/ and eval.json of a finished run do not need it."
+        ) from error

@@ -23,6 +23,7 @@ def load_datasets(data_dir: Path, data: DataConfig) -> tuple[CocoDetection, Coco
         transforms=build_transforms(True, data.image_size, data.max_size),
         invalid_boxes=data.invalid_boxes,
         cache_mb=data.cache_mb,
+        allow_files_outside_root=data.allow_files_outside_root,
     )
     val_set = CocoDetection(
         data_dir,
@@ -30,6 +31,7 @@ def load_datasets(data_dir: Path, data: DataConfig) -> tuple[CocoDetection, Coco
         transforms=build_transforms(False, data.image_size, data.max_size),
         invalid_boxes=data.invalid_boxes,
         cache_mb=data.cache_mb,
+        allow_files_outside_root=data.allow_files_outside_root,
     )
     return train_set, val_set
 
