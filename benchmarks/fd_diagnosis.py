@@ -106,8 +106,9 @@ def run_one(family: str, key: str, overrides: dict | None, seed: int, args) -> d
     log = args.runs / family / key / f"seed{seed}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     if not (out / "eval.json").is_file():
+        resume = ["--resume"] if (out / "checkpoint.pt").is_file() else []
         with log.open("a") as stream:
-            subprocess.run([sys.executable, "-m", "detrdistill.cli", *command, *(["--resume"] if out.exists() else [])],
+            subprocess.run([sys.executable, "-m", "detrdistill.cli", *command, *resume],
                            check=True, env=env, stdout=stream, stderr=subprocess.STDOUT)
     report = out / f"eval_{REPORT_SPLIT}.json"
     if not report.is_file():

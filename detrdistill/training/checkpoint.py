@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -81,8 +82,22 @@ def save_checkpoint(
     if scaler is not None and scaler.is_enabled():
         state["scaler"] = scaler.state_dict()
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
+    try:
+        torch.save(state, tmp)
+    except (OSError, RuntimeError) as error:  # torch reports a full disk as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"could not write the checkpoint {path} ({error}){disk_space_hint(path)}; the previous "
+                      "checkpoint, if any, is intact") from error
     os.replace(tmp, path)
+
+
+def disk_space_hint(path: Path) -> str:
+    """"; the disk ... has N MiB free: is it full?" (empty when that cannot be read)."""
+    try:
+        free = shutil.disk_usage(Path(path).parent).free
+    except OSError:
+        return ""
+    return f"; the disk holding {Path(path).parent} has {free / 2**20:.0f} MiB free: is it full?"
 
 
 def load_checkpoint(

@@ -33,13 +33,20 @@ from detrdistill.data.collate import collate_detection
 from detrdistill.losses.detection import DetectionLoss
 from detrdistill.models.adapters import adapter_for
 from detrdistill.training.accelerator import make_accelerator
-from detrdistill.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint
+from detrdistill.training.checkpoint import (
+    CHECKPOINT_NAME,
+    disk_space_hint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+)
 from detrdistill.training.distributed import max_over_processes, mean_over_processes
 from detrdistill.training.evaluation import evaluate_across_processes
 from detrdistill.training.grad_diagnostic import gradient_diagnostic, group_parameters
 from detrdistill.training.machine_load import MACHINE_LOAD_NAME, LoadMonitor
 from detrdistill.training.optim import build_optimizer, lr_factor, set_lr
 from detrdistill.training.precision import autocast
+from detrdistill.training.run_dir import check_run_dir
 from detrdistill.training.sampler import ResumableBatchSampler, SeededAugmentation
 
 
@@ -95,26 +102,30 @@ def box_normaliser(batches: list[dict]) -> float:
     return max(mean_over_processes(local).item() / len(batches), 1.0)
 
 
-def refuse_existing_run(out_dir: Path, resume: bool) -> None:
-    """Raise if ``out_dir`` holds a checkpoint and ``resume`` is off, before anything is written there."""
-    if not resume and (Path(out_dir) / CHECKPOINT_NAME).exists():
-        raise FileExistsError(
-            f"{out_dir} already holds a run ({CHECKPOINT_NAME}); pass --resume to continue it "
-            "or choose another --out"
-        )
-
-
 def _append_jsonl(path: Path, record: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+    """One whole line per call; a full disk is named as such (the line may be left half-written,
+    and ``_truncate_metrics`` drops it on resume)."""
+    try:
+        with path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as error:
+        raise OSError(error.errno, f"could not write {path} ({error.strerror}){disk_space_hint(path)}") from error
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines written after the checkpoint we resume from (they will be redone)."""
+    """Drop metric lines written after the checkpoint we resume from (they will be redone), and
+    a line cut short by a crash or a full disk."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in lines))
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a half-written line: the step it belonged to is redone
+        if record.get("step", 0) <= step:
+            kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept))
 
 
 def fit(
@@ -156,7 +167,7 @@ def fit(
     torch.manual_seed(train.seed + accelerator.process_index)
 
     step, elapsed_s = 0, 0.0
-    refuse_existing_run(out_dir, resume)
+    check_run_dir(out_dir, config, resume)
     if checkpoint_path.exists():
         step, elapsed_s = load_checkpoint(checkpoint_path, objective.modules, optimizer,
                                           accelerator.process_index, accelerator.num_processes, scaler)
@@ -252,7 +263,9 @@ def fit(
             if budget_s < math.inf:
                 postfix["left"] = f"{max(budget_s - elapsed_s, 0) / 60:.1f}min"
             bar.set_postfix(postfix)
-        if train.eval_every and step % train.eval_every == 0:
+        # At the last step the final evaluation follows; one on the same images would be its copy.
+        final_copy = progress_fraction() >= 1.0 and (train.eval_max_images or len(val_set)) >= len(val_set)
+        if train.eval_every and step % train.eval_every == 0 and not final_copy:
             metrics = evaluate_across_processes(
                 accelerator, model, val_set, config.data.eval_batch_size, train.eval_max_images, False
             )

@@ -13,8 +13,9 @@ from detrdistill.distiller import DETRDistillObjective
 from detrdistill.models.build import load_detector, resolve_model_dir
 from detrdistill.training.accelerator import make_accelerator
 from detrdistill.training.label_sets import restrict_to_dataset_classes
-from detrdistill.training.loop import DetectionObjective, fit, refuse_existing_run, seed_everything
+from detrdistill.training.loop import DetectionObjective, fit, seed_everything
 from detrdistill.training.prepare import default_backbone_cache, load_datasets, prepare_detector
+from detrdistill.training.run_dir import check_run_dir
 
 
 def run_training(
@@ -31,13 +32,14 @@ def run_training(
     Runs in every process of a multi-process launch (``training/accelerator.py``).
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    refuse_existing_run(out_dir, resume)
+    if teacher is not None:
+        config.distill.teacher = str(resolve_model_dir(teacher))
+    check_run_dir(out_dir, config, resume)  # before anything is written there
     accelerator = make_accelerator()
     seed_everything(config.train.seed)
     train_set, val_set = load_datasets(data_dir, config.data)
     teacher_model = None
     if teacher is not None:
-        config.distill.teacher = str(resolve_model_dir(teacher))
         # A hub COCO checkpoint's 91 class slots become the dataset's categories (by name).
         teacher_model = restrict_to_dataset_classes(load_detector(teacher), train_set.id2label, str(teacher))
         teacher_model.to(accelerator.device)  # fit moves the trained modules; the frozen teacher is ours to move
