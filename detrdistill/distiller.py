@@ -46,7 +46,8 @@ def teacher_logits_for(student_head: str, teacher_logits: torch.Tensor, teacher_
         return torch.logit(teacher_logits.softmax(-1)[..., :-1], eps=1e-6)
     raise ConfigError(
         "a sigmoid-head teacher (Conditional/Deformable DETR) cannot give class targets to a softmax-head "
-        "student (DETR): disable distill.logits.pos_cls or pick a sigmoid-head student"
+        "student (DETR): for box-only logits distillation set distill.logits.pos_cls: false and "
+        "distill.logits.class_cost: 0, disable distill.logits.enabled, or pick a sigmoid-head student"
     )
 
 
@@ -68,11 +69,11 @@ class DETRDistillObjective:
                 f"teacher has {self.teacher_adapter.num_classes} classes, student "
                 f"{self.student_adapter.num_classes}: distill between models of the same label set"
             )
-        if self.config.logits.enabled and self.config.logits.pos_cls:
+        self.logits_distillation = LogitsDistillation(self.config.logits, student_head)
+        if self.config.logits.enabled and self.logits_distillation.needs_class_targets:
             teacher_logits_for(student_head, torch.zeros(1, 2), teacher_head)  # fail early on a bad pairing
         self.criterion = DetectionLoss(config.loss, self.student_adapter.num_classes, student_head)
         self.teacher_matcher = HungarianMatcher.from_config(config.loss, teacher_head)
-        self.logits_distillation = LogitsDistillation(self.config.logits, student_head)
         features = None
         if self.config.features.enabled:
             features = FeatureDistillation(
@@ -116,7 +117,9 @@ class DETRDistillObjective:
         student_head = self.student_adapter.class_head
 
         if cfg.logits.enabled:
-            teacher_logits = teacher_logits_for(student_head, teacher.logits, self.teacher_adapter.class_head)
+            teacher_logits = teacher.logits  # read only by the class term and the class cost
+            if self.logits_distillation.needs_class_targets:
+                teacher_logits = teacher_logits_for(student_head, teacher.logits, self.teacher_adapter.class_head)
             logits_terms = self.logits_distillation(
                 student.logits, student.boxes_cxcywh, teacher_logits, teacher.boxes_cxcywh, teacher_gt
             )

@@ -10,6 +10,15 @@ from detrdistill.data.coco import CocoDetection
 from detrdistill.data.collate import collate_detection
 from detrdistill.evaluate import evaluate_coco, predictions_to_coco
 from detrdistill.models.adapters import adapter_for
+from detrdistill.models.build import load_detector
+from detrdistill.models.label_sets import restrict_to_dataset_classes
+
+
+def load_for_dataset(model_dir, dataset: CocoDetection):
+    """A saved detector whose classes are the dataset's, matched by name (not by position): a
+    dataset that numbers them otherwise or holds a subset is scored correctly, and one with
+    a class the model does not know is refused naming it."""
+    return restrict_to_dataset_classes(load_detector(model_dir), dataset.id2label, str(model_dir))
 
 
 @torch.no_grad()

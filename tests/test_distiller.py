@@ -129,13 +129,21 @@ def test_assignment_distillation_uses_the_teachers_assignment_not_a_fresh_match(
     assert fresh["det_bbox"].item() < terms["ad_bbox"].item()  # ... with a lower cost
 
 
-def test_sigmoid_teacher_cannot_give_class_targets_to_a_softmax_student():
+def test_sigmoid_teacher_cannot_give_class_targets_to_a_softmax_student_but_box_only_ld_works():
+    """The error's advice must work: with pos_cls off alone the class cost still needs class
+    targets (this once passed construction and failed at step 1); box-only LD trains."""
     teacher, student = tiny_pair("conditional_detr", "detr")
     with pytest.raises(ConfigError, match="softmax-head"):
         DETRDistillObjective(student, teacher, RunConfig())
     config = RunConfig()
     config.distill.logits.pos_cls = False
-    DETRDistillObjective(student, teacher, config)
+    with pytest.raises(ConfigError, match="class_cost: 0"):
+        DETRDistillObjective(student, teacher, config)
+    config.distill.logits.class_cost = 0.0
+    terms = DETRDistillObjective(student, teacher, config)(batch())
+    assert all(torch.isfinite(value) for value in terms.values())
+    assert terms["ld_pos_cls"].item() == 0.0 and terms["ld_neg_box"].item() > 0
+    sum(terms.values()).backward()
 
 
 def test_distill_cli_writes_a_plain_student_and_resumes(shapes_dir, tmp_path):

@@ -29,8 +29,8 @@ from detrdistill.data.transforms import (
 from detrdistill.distiller import DETRDistillObjective
 from detrdistill.inference import evaluate_model
 from detrdistill.models.build import build_detector, detector_config, load_detector
+from detrdistill.models.label_sets import restrict_to_dataset_classes
 from detrdistill.training.checkpoint import CHECKPOINT_NAME
-from detrdistill.training.label_sets import restrict_to_dataset_classes
 from detrdistill.training.loop import DetectionObjective, box_normaliser, fit, seed_everything
 from detrdistill.training.sampler import ResumableBatchSampler, SeededAugmentation
 

@@ -86,11 +86,12 @@ def match_teacher_student(
     """One bipartite match per image: [B, M, *] teacher vs [B, N, *] student predictions ->
     per image (teacher indices, student indices), min(M, N) pairs each."""
     cost = (
-        config.class_cost * soft_class_cost(student_logits, teacher_logits, class_head)
-        + config.bbox_cost * torch.cdist(teacher_boxes, student_boxes, p=1)
+        config.bbox_cost * torch.cdist(teacher_boxes, student_boxes, p=1)
         - config.giou_cost
         * batched_generalized_box_iou(box_cxcywh_to_xyxy(teacher_boxes), box_cxcywh_to_xyxy(student_boxes))
     )
+    if config.class_cost:  # without it, a box-only match needs no class targets (see needs_class_targets)
+        cost = cost + config.class_cost * soft_class_cost(student_logits, teacher_logits, class_head)
     return solve_each(list(cost.detach().float().cpu()))
 
 
@@ -112,6 +113,12 @@ class LogitsDistillation:
 
     def __init__(self, config: LogitsDistillConfig, class_head: str):
         self.config, self.class_head = config, class_head
+
+    @property
+    def needs_class_targets(self) -> bool:
+        """Whether the teacher's logits must be class targets in the student's convention: for
+        the class term (pos_cls) and for the class part of the matching cost (class_cost)."""
+        return self.config.pos_cls or self.config.class_cost != 0
 
     def __call__(
         self,
@@ -158,8 +165,6 @@ class LogitsDistillation:
                 is_positive = torch.ones_like(is_positive)
             device = s_logits.device
             batch_idx, teacher_idx, student_idx = batch_idx.to(device), teacher_idx.to(device), student_idx.to(device)
-            class_loss = soft_class_loss(s_logits[batch_idx, student_idx], t_logits[batch_idx, teacher_idx],
-                                         self.class_head)
             box_loss = self._box_loss(s_boxes[batch_idx, student_idx], t_boxes[batch_idx, teacher_idx])
             is_positive = is_positive.to(device)
             if config.normalise == "per_term":
@@ -167,6 +172,8 @@ class LogitsDistillation:
             else:  # "matched": one denominator for both, the stage's matched pairs
                 positives = negatives = is_positive.numel()
             if config.pos_cls:
+                class_loss = soft_class_loss(s_logits[batch_idx, student_idx], t_logits[batch_idx, teacher_idx],
+                                             self.class_head)
                 terms["ld_pos_cls"] = terms["ld_pos_cls"] + config.class_weight * _sum_over_pairs(
                     class_loss, is_positive, positives)
             if config.pos_reg:

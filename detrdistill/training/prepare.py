@@ -9,10 +9,11 @@ import torch
 
 from detrdistill.config import DataConfig, RunConfig
 from detrdistill.data.coco import CocoDetection
+from detrdistill.data.errors import DatasetError
 from detrdistill.data.transforms import build_transforms
 from detrdistill.models.backbone_pretraining import cached_backbone
 from detrdistill.models.build import build_detector, load_backbone_weights, load_detector
-from detrdistill.training.label_sets import restrict_to_dataset_classes
+from detrdistill.models.label_sets import restrict_to_dataset_classes
 
 
 def load_datasets(data_dir: Path, data: DataConfig) -> tuple[CocoDetection, CocoDetection]:
@@ -33,7 +34,24 @@ def load_datasets(data_dir: Path, data: DataConfig) -> tuple[CocoDetection, Coco
         cache_mb=data.cache_mb,
         allow_files_outside_root=data.allow_files_outside_root,
     )
+    check_same_categories(train_set, val_set)
     return train_set, val_set
+
+
+def check_same_categories(train_set: CocoDetection, val_set: CocoDetection) -> None:
+    """The val split must list the train split's categories, by name and in the same id order:
+    the model's class k is train's k-th category, and evaluation maps it to val's k-th."""
+    if train_set.id2label == val_set.id2label:
+        return
+    train_names, val_names = list(train_set.id2label.values()), list(val_set.id2label.values())
+    only_train = [n for n in train_names if n not in val_names]
+    only_val = [n for n in val_names if n not in train_names]
+    detail = (f"only in train: {only_train[:10]}; only in val: {only_val[:10]}" if only_train or only_val else
+              f"the same names in another id order (train {train_names[:10]}, val {val_names[:10]})")
+    raise DatasetError(
+        f"{train_set.annotation_file} and {val_set.annotation_file} list different categories ({detail}). Give both "
+        "splits the same 'categories' list (same ids and names)."
+    )
 
 
 def default_backbone_cache(data_dir: Path) -> Path:

@@ -11,8 +11,8 @@ from pathlib import Path
 from detrdistill.config import RunConfig
 from detrdistill.distiller import DETRDistillObjective
 from detrdistill.models.build import load_detector, resolve_model_dir
+from detrdistill.models.label_sets import restrict_to_dataset_classes
 from detrdistill.training.accelerator import make_accelerator
-from detrdistill.training.label_sets import restrict_to_dataset_classes
 from detrdistill.training.loop import DetectionObjective, fit, seed_everything
 from detrdistill.training.prepare import default_backbone_cache, load_datasets, prepare_detector
 from detrdistill.training.run_dir import check_run_dir

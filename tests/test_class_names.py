@@ -1,0 +1,100 @@
+"""Classes are matched by name: eval on a dataset that numbers or names them otherwise, and a
+train/val pair whose category lists differ."""
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from detrdistill.cli import main
+from detrdistill.config import config_to_dict
+from detrdistill.data.coco import CocoDetection
+from detrdistill.data.transforms import build_transforms
+from detrdistill.inference import load_for_dataset, predict
+from tests.conftest import IMAGE_SIZE, make_tiny_run_config
+
+
+@pytest.fixture(scope="module")
+def trained(shapes_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("names")
+    config_path = root / "run.yaml"
+    config_path.write_text(yaml.safe_dump(config_to_dict(make_tiny_run_config("conditional_detr", steps=2))))
+    assert main(["train", "--config", str(config_path), "--data", str(shapes_dir), "--out", str(root / "run")]) == 0
+    return root / "run", config_path
+
+
+def _variant(shapes_dir, tmp_path, edit):
+    data = shutil.copytree(shapes_dir, tmp_path / "data", symlinks=True)
+    path = data / "annotations" / "instances_val.json"
+    coco = json.loads(path.read_text())
+    edit(coco)
+    path.write_text(json.dumps(coco))
+    return data
+
+
+def _eval(run, data, tmp_path):
+    out = tmp_path / f"eval_{len(list(tmp_path.glob('eval_*')))}.json"
+    code = main(["eval", str(run), "--data", str(data), "--out", str(out)])
+    return code, (json.loads(out.read_text()) if code == 0 else None)
+
+
+def _named_predictions(run, data):
+    """(image id, class name, score, box) of every prediction, the model loaded as eval loads it."""
+    dataset = CocoDetection(data, "val", transforms=build_transforms(False, IMAGE_SIZE))
+    names = {c["id"]: c["name"] for c in dataset.categories}
+    results, _ = predict(load_for_dataset(run, dataset), dataset, progress=False)
+    return sorted((r["image_id"], names[r["category_id"]], round(r["score"], 5), tuple(round(v, 3) for v in r["bbox"]))
+                  for r in results)
+
+
+def test_the_same_names_under_other_ids_give_the_same_named_predictions(trained, shapes_dir, tmp_path):
+    """Mapped by position, class k of the model would be scored as the dataset's k-th category
+    whatever its name; the predictions must keep their names (and so their AP)."""
+    run, _ = trained
+
+    def renumber(coco):  # reverse the ids: the model's class k is now another id's k-th place
+        ids = sorted(c["id"] for c in coco["categories"])
+        new = dict(zip(ids, reversed(ids), strict=True))
+        for category in coco["categories"]:
+            category["id"] = new[category["id"]]
+        for annotation in coco["annotations"]:
+            annotation["category_id"] = new[annotation["category_id"]]
+
+    renumbered = _variant(shapes_dir, tmp_path, renumber)
+    assert _named_predictions(run, renumbered) == _named_predictions(run, shapes_dir)
+    _, reference = _eval(run, shapes_dir, tmp_path)
+    code, metrics = _eval(run, renumbered, tmp_path)
+    assert code == 0 and metrics["AP"] == pytest.approx(reference["AP"], abs=1e-12)
+
+
+def test_renamed_classes_are_refused_and_a_subset_is_scored(trained, shapes_dir, tmp_path, capsys):
+    run, _ = trained
+
+    def rename(coco):
+        coco["categories"][0]["name"] = "zebra"
+
+    assert _eval(run, _variant(shapes_dir, tmp_path / "a", rename), tmp_path)[0] == 2
+    assert "zebra" in capsys.readouterr().err
+
+    def keep_two(coco):
+        kept = {c["id"] for c in coco["categories"][:2]}
+        coco["categories"] = coco["categories"][:2]
+        coco["annotations"] = [a for a in coco["annotations"] if a["category_id"] in kept]
+
+    code, subset = _eval(run, _variant(shapes_dir, tmp_path / "b", keep_two), tmp_path)
+    assert code == 0 and 0.0 <= subset["AP"] <= 1.0
+
+
+def test_train_and_val_with_different_categories_stop_before_training(trained, shapes_dir, tmp_path, capsys):
+    _, config_path = trained
+
+    def rename(coco):
+        coco["categories"][0]["name"] = "zebra"
+
+    data = _variant(shapes_dir, tmp_path, rename)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config_path), "--data", str(data), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "list different categories" in error and "zebra" in error
+    assert not (out / "model").exists()
