@@ -119,12 +119,14 @@ def cmd_eval(args) -> None:
     from detrdistill.data.transforms import build_transforms
     from detrdistill.evaluate import format_ap_table
     from detrdistill.inference import evaluate_model, load_for_dataset
+    from detrdistill.training.prepare import check_not_empty
 
     path = args.run_or_model
     run_config = path / "config.yaml"
     config = load_config(run_config) if run_config.is_file() else RunConfig()
     image_size = args.image_size or config.data.image_size
     dataset = CocoDetection(args.data, args.split, transforms=build_transforms(False, image_size, config.data.max_size))
+    check_not_empty(dataset, "val", needs_boxes=True)
     metrics = evaluate_model(load_for_dataset(path, dataset), dataset, args.batch_size)
     out = args.out or (path / f"eval_{args.split}.json")
     out.write_text(json.dumps({**metrics, "split": args.split, "data": str(args.data)}, indent=2))

@@ -107,6 +107,9 @@ class DataConfig:
     # Accept images[i].file_name values that are absolute or climb out of the image folder
     # ("../"); off, so that an annotation file from elsewhere cannot point the reader anywhere.
     allow_files_outside_root: bool = False
+    # Before training, look at every image file of a split that fits the image cache (exists,
+    # header's size matches the record), so a bad file stops the run at once, not hours in.
+    check_files: bool = True
 
     def __post_init__(self):
         for name in ("image_size", "batch_size", "eval_batch_size"):

@@ -251,6 +251,7 @@ def test_a_setting_added_later_keeps_earlier_digests_at_its_default(tmp_path):
     del values["distill"]["features"]["temperature"]
     values["train"].pop("grad_diagnostic_every")
     values["data"].pop("allow_files_outside_root")
+    values["data"].pop("check_files")
     values["train"].pop("seed")
     values["data"].pop("cache_mb")
     teacher_eval = tmp_path / "eval.json"

@@ -161,7 +161,7 @@ def same_time_steps(reference_eval: dict, baseline_eval: dict) -> int:
 
 
 # Caching decoded images yields bit-identical batches (tests/test_data_coco.py).
-SPEED_ONLY_DATA_SETTINGS = ("cache_mb",)
+SPEED_ONLY_DATA_SETTINGS = ("cache_mb", "check_files")
 # Data settings added after runs were recorded, left out of the digest at their default.
 LATER_DATA_SETTINGS = {"allow_files_outside_root": False}
 # Train settings that only add records to metrics.jsonl, never change the trained weights.

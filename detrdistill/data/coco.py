@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from detrdistill.config import INVALID_BOX_MODES
 from detrdistill.data.errors import DatasetError
-from detrdistill.data.images import ROTATING_ORIENTATIONS, read_rgb
+from detrdistill.data.images import ROTATING_ORIENTATIONS, exif_orientation, read_rgb
 
 _REQUIRED_FIELDS = {
     "images": ("id", "file_name", "width", "height"),
@@ -110,6 +110,10 @@ class CocoDetection(Dataset):
         raw.transforms = None
         return raw
 
+    def image_boxes(self, index: int) -> np.ndarray:
+        """Image ``index``'s non-crowd boxes as loaded: float32 [n, 4] xyxy pixels (read-only)."""
+        return self._boxes[index]
+
     def image_info(self, index: int) -> dict:
         """The JSON record of image `index` (id, file_name, width, height, ...)."""
         return self._images[index]
@@ -118,8 +122,10 @@ class CocoDetection(Dataset):
         """Where image `index` is expected on disk."""
         return self.image_dir / self._images[index]["file_name"]
 
-    def check_files(self) -> None:
-        """Stats every image file and raises one DatasetError listing the missing ones."""
+    def check_files(self, check_sizes: bool = False) -> None:
+        """Stats every image file and raises one DatasetError listing the missing ones; with
+        ``check_sizes`` also reads each file's header (not its pixels) and lists those whose size,
+        as viewers show it (EXIF orientation applied), differs from the record's width/height."""
         missing = [index for index in range(len(self)) if not self.image_path(index).is_file()]
         if missing:
             listed = "\n".join(f"  images[{i}]: {self.image_path(i)}" for i in missing[:_MAX_LISTED_MISSING])
@@ -128,6 +134,27 @@ class CocoDetection(Dataset):
             raise DatasetError(
                 f"{len(missing)} of {len(self)} image files listed in {self.annotation_file} are missing:\n"
                 f"{listed}{more}\nCopy the images into {self.image_dir} or fix the images[i].file_name fields."
+            )
+        if not check_sizes:
+            return
+        wrong = []
+        for index, record in enumerate(self._images):
+            try:
+                with Image.open(self.image_path(index)) as image:
+                    size = image.size[::-1] if exif_orientation(image) in ROTATING_ORIENTATIONS else image.size
+            except (UnidentifiedImageError, OSError) as error:
+                wrong.append(f"  images[{index}]: {self.image_path(index)} cannot be read ({error})")
+                continue
+            if size != (record["width"], record["height"]):
+                wrong.append(f"  images[{index}]: {self.image_path(index)} is {size[0]}x{size[1]}, the record says "
+                             f"{record['width']}x{record['height']}")
+        if wrong:
+            hidden = len(wrong) - _MAX_LISTED_MISSING
+            more = f"\n  ... and {hidden} more" if hidden > 0 else ""
+            raise DatasetError(
+                f"{len(wrong)} of {len(self)} images listed in {self.annotation_file} do not match their records:\n"
+                + "\n".join(wrong[:_MAX_LISTED_MISSING]) + more
+                + "\nFix images[i].width/height (the size as viewers show the image) or replace the files."
             )
 
     def _load_image(self, index: int) -> Image.Image:

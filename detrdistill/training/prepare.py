@@ -34,8 +34,26 @@ def load_datasets(data_dir: Path, data: DataConfig) -> tuple[CocoDetection, Coco
         cache_mb=data.cache_mb,
         allow_files_outside_root=data.allow_files_outside_root,
     )
+    check_not_empty(train_set, "train")
+    check_not_empty(val_set, "val", needs_boxes=True)
     check_same_categories(train_set, val_set)
+    if data.check_files:
+        for dataset in (train_set, val_set):
+            if dataset.caches_images:  # small enough that reading every header costs seconds
+                dataset.check_files(check_sizes=True)
     return train_set, val_set
+
+
+def check_not_empty(dataset: CocoDetection, role: str, needs_boxes: bool = False) -> None:
+    """A split to train on needs images; one to evaluate on needs boxes too (AP is undefined
+    without ground truth, and would be written as NaN)."""
+    if len(dataset) == 0:
+        raise DatasetError(f"{dataset.annotation_file} lists no images, so there is nothing to "
+                           f"{'train on' if role == 'train' else 'evaluate on'}: point data.{role}_split at a split "
+                           "with images")
+    if needs_boxes and not any(len(dataset.image_boxes(i)) for i in range(len(dataset))):
+        raise DatasetError(f"{dataset.annotation_file} has images but no (non-crowd) annotations: COCO AP is "
+                           f"undefined without ground-truth boxes. Evaluate on an annotated split (data.{role}_split)")
 
 
 def check_same_categories(train_set: CocoDetection, val_set: CocoDetection) -> None:

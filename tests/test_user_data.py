@@ -1,11 +1,12 @@
-"""Classes are matched by name: eval on a dataset that numbers or names them otherwise, and a
-train/val pair whose category lists differ."""
+"""Users' data: classes matched by name (eval on a dataset that numbers or names them otherwise,
+a train/val pair whose category lists differ), empty splits, mis-sized images found up front."""
 
 import json
 import shutil
 
 import pytest
 import yaml
+from PIL import Image
 
 from detrdistill.cli import main
 from detrdistill.config import config_to_dict
@@ -98,3 +99,35 @@ def test_train_and_val_with_different_categories_stop_before_training(trained, s
     error = capsys.readouterr().err
     assert "list different categories" in error and "zebra" in error
     assert not (out / "model").exists()
+
+
+@pytest.mark.parametrize("split,edit,message", [
+    ("val", lambda coco: coco.update(images=[], annotations=[]), "lists no images"),
+    ("val", lambda coco: coco.update(annotations=[]), "no (non-crowd) annotations"),
+    ("train", lambda coco: coco.update(images=[], annotations=[]), "lists no images"),
+])
+def test_empty_splits_stop_with_the_reason_not_a_nan(trained, shapes_dir, tmp_path, capsys, split, edit, message):
+    run, config_path = trained
+    data = shutil.copytree(shapes_dir, tmp_path / "data", symlinks=True)
+    path = data / "annotations" / f"instances_{split}.json"
+    coco = json.loads(path.read_text())
+    edit(coco)
+    path.write_text(json.dumps(coco))
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config_path), "--data", str(data), "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err and not (out / "eval.json").exists()
+    if split == "val":
+        assert main(["eval", str(run), "--data", str(data), "--out", str(tmp_path / "e.json")]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_a_mis_sized_image_stops_the_run_before_it_starts(trained, shapes_dir, tmp_path, capsys):
+    _, config_path = trained
+    data = shutil.copytree(shapes_dir, tmp_path / "data")
+    victim = sorted((data / "images" / "train").iterdir())[5]
+    Image.new("RGB", (10, 12)).save(victim)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config_path), "--data", str(data), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "do not match their records" in error and victim.name in error and "is 10x12" in error
+    assert not out.exists()  # found before anything was written, not at the first read mid-training
