@@ -446,3 +446,27 @@ def test_a_file_name_outside_the_image_folder_is_refused_unless_allowed(tmp_path
     with pytest.raises(DatasetError, match=r"images\[0\].file_name .* points outside the image folder"):
         CocoDetection(tmp_path, "train")
     assert CocoDetection(tmp_path, "train", allow_files_outside_root=True).image_path(0).name == Path(file_name).name
+
+
+def test_segmentation_only_annotations_get_their_masks_box(tmp_path):
+    from pycocotools import mask as coco_mask
+
+    coco = copy.deepcopy(HAND_COCO)
+    for annotation in coco["annotations"]:
+        annotation.pop("bbox")
+    coco["annotations"][0]["segmentation"] = [[5, 10, 15, 10, 15, 20, 5, 20]]  # a square polygon
+    square = np.zeros((30, 40), dtype=np.uint8, order="F")
+    square[0:30, 0:40] = 1
+    rle = coco_mask.encode(square)
+    rle["counts"] = rle["counts"].decode()
+    coco["annotations"][1]["segmentation"] = rle  # compressed RLE over the whole image
+    coco["annotations"][2]["segmentation"] = [[1, 1, 6, 1, 6, 6, 1, 6]]
+    write_dataset(tmp_path, coco)
+    dataset = CocoDetection(tmp_path, "train")
+    boxes = dataset[0][1]["boxes_xyxy_abs"].tolist()
+    assert boxes == [[5.0, 10.0, 15.0, 20.0], [0.0, 0.0, 40.0, 30.0]]  # the crowd one stays out of targets
+    assert dataset.coco_json["annotations"][0]["bbox"] == [5.0, 10.0, 10.0, 10.0]  # evaluation sees it too
+    coco["annotations"][0]["segmentation"] = "not a mask"
+    write_dataset(tmp_path, coco)
+    with pytest.raises(DatasetError, match=r"annotations\[0\] has no bbox and its segmentation cannot be read"):
+        CocoDetection(tmp_path, "train")

@@ -318,6 +318,28 @@ def _check_images(images: list, path: Path) -> list[int]:
     return [image["id"] for image in images]
 
 
+def _bbox_from_segmentation(annotation: dict, images: list, image_index: dict, path: Path, where: str) -> list:
+    """[x, y, w, h] of a polygon or RLE segmentation (pycocotools), for an annotation with no bbox."""
+    from pycocotools import mask as coco_mask
+
+    image = images[image_index[annotation["image_id"]]] if annotation.get("image_id") in image_index else None
+    if image is None:
+        raise DatasetError(f"{path}: {where}.image_id {annotation.get('image_id')!r} matches no record in 'images'. "
+                           "Add the image record or remove the annotation.")
+    segmentation = annotation["segmentation"]
+    try:
+        if isinstance(segmentation, list):
+            rles = coco_mask.frPyObjects(segmentation, image["height"], image["width"])
+            rle = coco_mask.merge(rles) if isinstance(rles, list) else rles
+        else:
+            rle = coco_mask.frPyObjects(segmentation, image["height"], image["width"]) \
+                if isinstance(segmentation.get("counts"), list) else segmentation
+        return [float(v) for v in coco_mask.toBbox(rle)]
+    except Exception as error:  # pycocotools raises TypeError/ValueError/Exception on malformed input
+        raise DatasetError(f"{path}: {where} has no bbox and its segmentation cannot be read ({error}): give a "
+                           "bbox [x, y, width, height] or a valid polygon / RLE segmentation.") from error
+
+
 def _check_file_names_stay_inside(images: list, image_dir: Path, path: Path) -> None:
     """Refuse a file_name that is absolute or climbs out of the image folder (``../``): an
     annotation file from elsewhere must not make the reader open files outside the dataset."""
@@ -346,6 +368,9 @@ def _index_annotations(
     clipped = []
     for index, annotation in enumerate(annotations):
         where = f"annotations[{index}]"
+        if isinstance(annotation, dict) and "bbox" not in annotation and "segmentation" in annotation:
+            # Segmentation-only annotations: the box is the mask's, and evaluation reads it from here too.
+            annotation["bbox"] = _bbox_from_segmentation(annotation, images, image_index, path, where)
         _check_fields(annotation, "annotations", index, path)
         if annotation["image_id"] not in image_index:
             raise DatasetError(
