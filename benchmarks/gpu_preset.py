@@ -39,8 +39,8 @@ from detrdistill.config import load_config, save_config
 from detrdistill.data.collate import collate_detection
 from detrdistill.distiller import DETRDistillObjective
 from detrdistill.models.build import build_detector
+from detrdistill.precision import autocast
 from detrdistill.training.loop import DetectionObjective
-from detrdistill.training.precision import autocast
 from detrdistill.training.prepare import load_datasets
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from detrdistill.training.precision import autocast
+from detrdistill.precision import autocast
 
 sys.path.insert(0, str(Path(__file__).parent))
 from gpu_preset import PAIRS, build_pair  # noqa: E402

@@ -102,8 +102,8 @@ def cmd_pretrain_backbone(args) -> None:
 
 def cmd_run(args) -> None:
     """``train``, or ``distill`` when a teacher is given."""
+    from detrdistill.distributed import end_processes, is_main_process
     from detrdistill.evaluate import format_ap_table
-    from detrdistill.training.distributed import end_processes, is_main_process
     from detrdistill.training.run import run_training
 
     result = run_training(_config_with_overrides(args), args.data, args.out, teacher=getattr(args, "teacher", None),

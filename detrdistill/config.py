@@ -161,7 +161,7 @@ class TrainConfig:
     eval_max_images: int | None = None
     seed: int = 0
     # Autocast of the forward passes: "no" (float32), "bf16" or "fp16" (with a loss scaler).
-    # Matching and losses stay float32 (training/precision.py).
+    # Matching and losses stay float32 (precision.py).
     mixed_precision: str = "no"
     # Forward/backward passes per optimiser step, each on a global batch of data.batch_size:
     # an optimiser step sees batch_size * grad_accum_steps images.

@@ -19,7 +19,8 @@ from detrdistill.losses.features import FeatureDistillation, class_scores
 from detrdistill.losses.logits import LogitsDistillation, stage_mapping
 from detrdistill.matching import HungarianMatcher
 from detrdistill.models.adapters import adapter_for
-from detrdistill.training.precision import autocast, record_in_float32
+from detrdistill.models.record import record_in_float32
+from detrdistill.precision import autocast
 
 
 class DistillHeads(nn.Module):

@@ -11,8 +11,9 @@ import yaml
 from detrdistill.bench import report, runner
 from detrdistill.bench.bootstrap import ap_table, paired_gain, resample_counts, resampled_aps, weighted_ap
 from detrdistill.bench.overrides import apply_overrides
+from detrdistill.bench.plan import same_time_steps
 from detrdistill.bench.report import check_target, checkpoints_over_seeds
-from detrdistill.bench.runner import config_digest, run_suite, same_time_steps
+from detrdistill.bench.runner import config_digest, run_suite
 from detrdistill.bench.suites import (
     DETRDISTILL,
     FAMILY_PRESETS,

@@ -7,7 +7,6 @@ the file (``rows/DETRDistill student``). Files that are missing or unreadable ar
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -42,16 +41,6 @@ def result_files(results_dir: str | Path = DEFAULT_RESULTS) -> dict[str, dict]:
         except (OSError, json.JSONDecodeError):
             continue
     return loaded
-
-
-def cli_commands() -> set[str]:
-    """The subcommands of this ``detrdistill`` command line (``bench`` is there once installed)."""
-    from detrdistill.cli import build_parser
-
-    for action in build_parser()._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return set(action.choices)
-    return set()
 
 
 def ap_rows(data, prefix: str = "") -> dict[str, dict]:

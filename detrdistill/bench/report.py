@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from detrdistill.bench.bootstrap import check_same_images, load_ap_table, paired_gain, resample_counts, resampled_aps
-from detrdistill.bench.runner import AP_TABLE, SuitePlan, run_name, same_time_variant
+from detrdistill.bench.plan import AP_TABLE, SuitePlan, run_name, same_time_variant
 from detrdistill.bench.suites import SAME_TIME, Target, Variant
 from detrdistill.evaluate import AP_KEYS
 

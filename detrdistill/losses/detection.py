@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from detrdistill.box_ops import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
 from detrdistill.config import LossConfig
+from detrdistill.distributed import mean_over_processes
 from detrdistill.matching import HungarianMatcher, MatchIndices
-from detrdistill.training.distributed import mean_over_processes
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from detrdistill.box_ops import batched_generalized_box_iou, box_cxcywh_to_xyxy, elementwise_generalized_box_iou
 from detrdistill.config import LogitsDistillConfig
+from detrdistill.distributed import mean_over_processes
 from detrdistill.matching import MatchIndices, solve_each
-from detrdistill.training.distributed import mean_over_processes
 
 
 def stage_mapping(student_stages: int, teacher_stages: int, progressive: bool = True) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,3 +63,17 @@ class DecodedQueries:
     logits: torch.Tensor
     boxes_cxcywh: torch.Tensor
     decoder_hidden: torch.Tensor
+
+
+def record_in_float32(record: DetrRecord) -> DetrRecord:
+    """The record with every floating-point tensor as float32 (a no-op for float32 ones)."""
+
+    def cast(value):
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return value.float()
+        if isinstance(value, list):
+            return [cast(v) for v in value]
+        return value
+
+    tensors = [f.name for f in dataclasses.fields(record) if f.name != "decoder_inputs"]
+    return dataclasses.replace(record, **{name: cast(getattr(record, name)) for name in tensors})

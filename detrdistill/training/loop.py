@@ -30,8 +30,10 @@ from tqdm.auto import tqdm
 from detrdistill.config import RunConfig, save_config
 from detrdistill.data.coco import CocoDetection
 from detrdistill.data.collate import collate_detection
+from detrdistill.distributed import max_over_processes, mean_over_processes
 from detrdistill.losses.detection import DetectionLoss
 from detrdistill.models.adapters import adapter_for
+from detrdistill.precision import autocast
 from detrdistill.training.accelerator import make_accelerator
 from detrdistill.training.checkpoint import (
     CHECKPOINT_NAME,
@@ -40,12 +42,10 @@ from detrdistill.training.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from detrdistill.training.distributed import max_over_processes, mean_over_processes
 from detrdistill.training.evaluation import evaluate_across_processes
 from detrdistill.training.grad_diagnostic import gradient_diagnostic, group_parameters
 from detrdistill.training.machine_load import MACHINE_LOAD_NAME, LoadMonitor
 from detrdistill.training.optim import build_optimizer, lr_factor, set_lr
-from detrdistill.training.precision import autocast
 from detrdistill.training.run_dir import check_run_dir
 from detrdistill.training.sampler import ResumableBatchSampler, SeededAugmentation
 

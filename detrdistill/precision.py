@@ -4,19 +4,17 @@
 default, teacher forward passes); ``distill.teacher_precision`` can set the teacher apart
 (e.g. a bf16 teacher under no_grad for an fp32 student). Hungarian matching and the losses
 turn autocast off and read float32 copies of the predictions (``DetectionLoss``,
-``LogitsDistillation``, ``record_in_float32`` for the teacher's record), so matching costs,
+``LogitsDistillation``, ``models.record.record_in_float32`` for the teacher's record), so matching costs,
 focal/L1/GIoU terms and their normalisers are never rounded to 8 mantissa bits.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 
 import torch
 
 from detrdistill.config import ConfigError
-from detrdistill.models.record import DetrRecord
 
 PRECISIONS = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -35,17 +33,3 @@ def autocast(precision: str | None, device: torch.device, field: str = "train.mi
         return contextlib.nullcontext()
     dtype = autocast_dtype(precision, field)
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
-def record_in_float32(record: DetrRecord) -> DetrRecord:
-    """The record with every floating-point tensor as float32 (a no-op for float32 ones)."""
-
-    def cast(value):
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            return value.float()
-        if isinstance(value, list):
-            return [cast(v) for v in value]
-        return value
-
-    tensors = [f.name for f in dataclasses.fields(record) if f.name != "decoder_inputs"]
-    return dataclasses.replace(record, **{name: cast(getattr(record, name)) for name in tensors})
