@@ -151,6 +151,36 @@ def _mean_std(values: list[float]) -> str:
     return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}" if len(values) > 1 else f"{values.mean():.1f}"
 
 
+# What each hypothesis predicts, as (row that should be above, row it should beat) on minival.
+PREDICTIONS = (
+    ("H1 FD's scale", "a tenth of lambda_FD recovers what FD costs the other two", "all_lambda2", "all"),
+    ("H1 FD's scale", "FD on the (smaller) encoder input does too", "all_input", "all"),
+    ("H2 FD competes for the memory", "FD away from the memory the decoder reads helps most where the "
+     "cross-attention reads it as content (Conditional more than Deformable)", "all_input", "all"),
+    ("H3 masks barely target-aware", "sharper masks at the same mean weight beat today's", "all_sharp_lambda2", "all"),
+    ("the paper's literal mask", "eq. 6's dot product at lambda_FD 20 (about 45x today's weight)", "all_paper", "all"),
+    ("FD's worth", "the best FD form adds to LD + AD", "all_lambda2", "ld_ad"),
+)
+
+
+def _mean_ap(records: list[dict], key: str, split: str) -> tuple[float, int] | None:
+    rows = [r[split]["AP"] for r in records if r["row"] == key]
+    return (100 * float(np.mean(rows)), len(rows)) if rows else None
+
+
+def hypotheses_section(family: str, records: list[dict]) -> list[str]:
+    """Each hypothesis's prediction against what was measured (minival AP, mean over seeds)."""
+    lines = ["### Hypotheses: predicted and measured (minival AP, mean over the seeds run)", "",
+             "| hypothesis | prediction | rows | measured | difference |", "|---|---|---|---:|---:|"]
+    for name, prediction, above, below in PREDICTIONS:
+        a, b = _mean_ap(records, above, SELECT_SPLIT), _mean_ap(records, below, SELECT_SPLIT)
+        if a is None or b is None:
+            continue
+        lines.append(f"| {name} | {prediction} | {above} vs {below} | {a[0]:.1f} vs {b[0]:.1f} "
+                     f"({a[1]} / {b[1]} seeds) | {a[0] - b[0]:+.1f} |")
+    return lines + [""]
+
+
 def family_section(family: str, records: list[dict], focus: dict | None) -> list[str]:
     lines = [f"## {family}", ""]
     if focus:
@@ -207,6 +237,7 @@ def write_page(families: list[str], focus: dict[str, dict], args) -> None:
              + ", ".join(f"{f} {args.steps or STEPS[f]}" for f in families) + ".", ""]
     for family in families:
         lines += family_section(family, records[family], focus.get(family))
+        lines += hypotheses_section(family, records[family])
     if stale:
         lines += ["Left off (recorded with another teacher): " + ", ".join(stale), ""]
     (RESULTS / "fd_diagnosis.md").write_text("\n".join(lines))
