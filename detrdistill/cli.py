@@ -124,6 +124,10 @@ def cmd_eval(args) -> None:
     path = args.run_or_model
     run_config = path / "config.yaml"
     config = load_config(run_config) if run_config.is_file() else RunConfig()
+    if args.overrides:
+        from detrdistill.bench.overrides import apply_overrides
+
+        config = apply_overrides(config, parse_set_options(args.overrides), where="--set")
     image_size = args.image_size or config.data.image_size
     dataset = CocoDetection(args.data, args.split, transforms=build_transforms(False, image_size, config.data.max_size))
     check_not_empty(dataset, "val", needs_boxes=True)
@@ -238,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="default: the run's config, else 128")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", type=Path, help="JSON to write (default: RUN/eval_SPLIT.json)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="change a field of the run's config for this evaluation, e.g. --set data.max_size=1333")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help="data -> teacher -> AP table (what `make demo` runs)")

@@ -419,12 +419,37 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
 
 
 def load_config(name_or_path: str | Path) -> RunConfig:
+    """A run config from a YAML file or preset name. ``base: PRESET_OR_FILE`` at the top of a
+    YAML starts from that config and overrides only the fields the YAML gives."""
     path = resolve_config_path(name_or_path)
+    return _from_dict(RunConfig, _read_with_base(path, []), str(path))
+
+
+def _read_with_base(path: Path, seen: list[Path]) -> dict[str, Any]:
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'base' goes round in a loop: {' -> '.join(map(str, [*seen, path]))}")
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({error})") from error
-    return _from_dict(RunConfig, values, str(path))
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(values).__name__}")
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be a preset name or a YAML path, got {base!r}")
+    base_path = resolve_config_path(base if Path(base).is_absolute() or not (path.parent / base).is_file()
+                                    else path.parent / base)
+    return _merge(_read_with_base(base_path, [*seen, path.resolve()]), values)
+
+
+def _merge(base: dict, override: dict) -> dict:
+    """``override``'s fields on top of ``base``'s, section by section."""
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
 
 
 def config_to_dict(config) -> dict[str, Any]:

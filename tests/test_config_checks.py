@@ -63,3 +63,30 @@ def test_unknown_nested_field_and_non_mapping_section_name_the_key(tmp_path):
     path.write_text("train:\n  steps: null\n")
     with pytest.raises(ConfigError, match="give a budget"):
         load_config(path)
+
+
+def test_base_starts_from_a_preset_and_overrides_only_what_the_yaml_gives(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("base: deformable_student\ntrain:\n  steps: 123\nmodel:\n  backbone:\n    depths: [2, 2, 2, 2]\n")
+    config, preset = load_config(path), load_config("deformable_student")
+    assert config.train.steps == 123 and config.model.backbone.depths == [2, 2, 2, 2]
+    assert config.train.lr == preset.train.lr and config.model.d_model == preset.model.d_model
+    assert config.model.backbone.hidden_sizes == preset.model.backbone.hidden_sizes
+    child = tmp_path / "child.yaml"
+    child.write_text("base: mine.yaml\ntrain:\n  lr: 1.0e-4\n")  # a base beside the file
+    assert load_config(child).train.steps == 123 and load_config(child).train.lr == 1e-4
+    path.write_text("base: child.yaml\n")
+    with pytest.raises(ConfigError, match="loop"):
+        load_config(child)
+    path.write_text("base: no_such_preset\n")
+    with pytest.raises(ConfigError, match="neither a file nor a preset"):
+        load_config(path)
+
+
+def test_eval_takes_set_options(tmp_path, shapes_dir, capsys):
+    path = _yaml(tmp_path)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(path), "--data", str(shapes_dir), "--out", str(out)]) == 0
+    assert main(["eval", str(out), "--data", str(shapes_dir), "--set", "data.image_size=32"]) == 0
+    assert main(["eval", str(out), "--data", str(shapes_dir), "--set", "data.image_size=big"]) == 2
+    assert "data.image_size must be int" in capsys.readouterr().err
