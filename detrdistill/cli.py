@@ -1,5 +1,5 @@
 """``detrdistill`` command line: make-shapes, carve-split, pretrain-backbone, train, distill, eval, demo,
-figures, diagnose, bench, show-config."""
+predict, figures, diagnose, bench, show-config."""
 
 from __future__ import annotations
 
@@ -138,6 +138,15 @@ def cmd_eval(args) -> None:
     print(f"wrote {out}")
 
 
+def cmd_predict(args) -> None:
+    from detrdistill.predict import run_predict
+
+    written = run_predict(args.model, args.images, args.out, threshold=args.threshold, draw=args.draw,
+                          draw_threshold=args.draw_threshold, batch_size=args.batch_size)
+    drawn = f" and {args.out / 'drawn'}/" if args.draw else ""
+    print(f"wrote {written} and {written.parent / 'images.json'}{drawn}")
+
+
 def cmd_demo(args) -> None:
     from detrdistill.demo import run_demo
 
@@ -245,6 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="change a field of the run's config for this evaluation, e.g. --set data.max_size=1333")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="run a trained detector on images: COCO results JSON (and pictures)")
+    p.add_argument("model", type=Path, help="a run directory or any from_pretrained detector directory")
+    p.add_argument("images", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--out", type=Path, default=Path("predictions"), help="output folder (default: predictions/)")
+    p.add_argument("--threshold", type=float, default=0.0,
+                   help="keep detections scoring at least this (default 0: all, as COCO AP needs)")
+    p.add_argument("--draw", action="store_true", help="also write each image with its boxes to OUT/drawn/")
+    p.add_argument("--draw-threshold", type=float, default=0.5, help="score of the boxes drawn (default 0.5)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("demo", help="data -> teacher -> AP table (what `make demo` runs)")
     p.add_argument("--data", type=Path, default=Path("data/shapes"))

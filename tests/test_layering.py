@@ -12,7 +12,7 @@ FLOORS = (
     ("detrdistill.data",),
     ("detrdistill.matching", "detrdistill.evaluate"),
     ("detrdistill.models",),
-    ("detrdistill.inference",),
+    ("detrdistill.inference", "detrdistill.predict"),
     ("detrdistill.losses",),
     ("detrdistill.distiller",),
     ("detrdistill.training",),

@@ -33,6 +33,7 @@ from detrdistill.data.collate import collate_detection
 from detrdistill.distributed import max_over_processes, mean_over_processes
 from detrdistill.losses.detection import DetectionLoss
 from detrdistill.models.adapters import adapter_for
+from detrdistill.models.processors import save_image_processor
 from detrdistill.precision import autocast
 from detrdistill.training.accelerator import make_accelerator
 from detrdistill.training.checkpoint import (
@@ -45,6 +46,7 @@ from detrdistill.training.checkpoint import (
 from detrdistill.training.evaluation import evaluate_across_processes
 from detrdistill.training.grad_diagnostic import gradient_diagnostic, group_parameters
 from detrdistill.training.machine_load import MACHINE_LOAD_NAME, LoadMonitor
+from detrdistill.training.model_card import current_command, model_card
 from detrdistill.training.optim import build_optimizer, lr_factor, set_lr
 from detrdistill.training.run_dir import check_run_dir
 from detrdistill.training.sampler import ResumableBatchSampler, SeededAugmentation
@@ -145,7 +147,8 @@ def fit(
     Writes ``config.yaml``, ``metrics.jsonl`` (one line per log step / evaluation / gradient
     diagnostic),
     ``checkpoint.pt`` (atomic, every ``checkpoint_every`` steps and at the end),
-    ``model/`` (``save_pretrained``), ``eval.json`` (final val AP) and a line of
+    ``model/`` (``save_pretrained``, the image processor and a model card), ``eval.json``
+    (final val AP) and a line of
     ``machine_load.jsonl`` (the load average and the other processes busy during this part of
     the run, one line per start or resume: ``training/machine_load.py``). Returns eval.json's
     dict (in every process). ``accelerator``: the process setup (default: a new one).
@@ -278,7 +281,10 @@ def fit(
 
     _save(checkpoint_path, objective, optimizer, step, elapsed_s, scaler, main)
     if main:
+        # The dataset's COCO category ids, so predictions made without its annotation file keep them.
+        model.config.category_ids = list(train_set.label_to_category_id)
         model.save_pretrained(out_dir / "model")
+        has_processor = save_image_processor(model, config.data, out_dir / "model")
     metrics = evaluate_across_processes(accelerator, model, val_set, config.data.eval_batch_size, None, progress)
     result = {**metrics, "steps": step, "train_s": round(elapsed_s, 1),
               "step_ms": round(1000 * elapsed_s / max(step, 1), 1), "split": val_set.split}
@@ -287,6 +293,10 @@ def fit(
     if main:
         _append_jsonl(metrics_path, {"step": step, "elapsed_s": round(elapsed_s, 1), "eval": metrics})
         (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
+        card = model_card(out_dir.name, config, metrics, train_set.root, {"train": len(train_set), "val": len(val_set)},
+                          list(train_set.id2label.values()), val_set.coco_json.get("info", {}).get("area_ranges"),
+                          has_processor, current_command())
+        (out_dir / "model" / "README.md").write_text(card)
         # What else ran, kept out of eval.json so that a resumed run's eval.json stays byte-identical.
         _append_jsonl(out_dir / MACHINE_LOAD_NAME, {"steps": [first_step, step], **load.summary()})
     accelerator.wait_for_everyone()
