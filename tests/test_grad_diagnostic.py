@@ -39,8 +39,13 @@ def test_norms_and_cosines_by_hand():
         "fd": (a**2).sum(),  # d/da = (2, 4); none on the heads
         "ld_pos_cls": -(a[0, 0] * 1.0) + 2 * h.sum(),  # d/da = (-1, 0); d/dh = 2
     }
-    result = gradient_diagnostic(terms, group_parameters(model))
+    head = nn.Linear(1, 1, bias=False)  # a distiller's own layer, e.g. FD's projection
+    with torch.no_grad():
+        head.weight.fill_(1.0)
+    terms["fd"] = terms["fd"] + 3 * head.weight.sum()  # d/d(head) = 3
+    result = gradient_diagnostic(terms, group_parameters(model, [head]))
     norm, cosine = result["grad_norm"], result["grad_cosine"]
+    assert norm["fd"]["distill_heads"] == pytest.approx(3.0) and norm["det"]["distill_heads"] == 0.0
     assert norm["det"]["backbone"] == pytest.approx(math.sqrt(2))
     assert norm["fd"]["backbone"] == pytest.approx(math.sqrt(20))
     assert norm["fd"]["heads"] == 0.0
@@ -97,12 +102,17 @@ def test_diagnostic_leaves_the_run_unchanged_and_diagnose_reports_it(shapes_dir,
     assert [line["step"] for line in lines] == [2, 4]
     assert set(lines[0]["grad_norm"]) == {"det", "ld", "fd", "ad"}
     assert lines[0]["grad_norm"]["fd"]["heads"] == 0.0 and lines[0]["grad_norm"]["fd"]["encoder"] > 0
+    assert "distill_heads" not in lines[0]["grad_norm"]["fd"]  # equal widths: FD's projection is the identity
+    logged = [json.loads(line) for line in (diagnosed / "metrics.jsonl").read_text().splitlines()]
+    assert all(line["grad_total_norm"] > 0 for line in logged if "loss" in line)  # the pre-clip norm, each log
     summary = summarise(lines)
     assert summary["norm"]["ld"]["decoder"] == pytest.approx(
         (lines[0]["grad_norm"]["ld"]["decoder"] + lines[1]["grad_norm"]["ld"]["decoder"]) / 2)
 
     figure = plot_gradients(lines)
-    encoder_norms, encoder_cosines = figure.axes[1], figure.axes[5]  # 2 x 4 panels, encoder second
+    columns = len(figure.axes) // 2  # two rows of one panel per group, encoder second
+    encoder_norms, encoder_cosines = figure.axes[1], figure.axes[columns + 1]
+    assert encoder_norms.get_title() == "encoder" and columns == 4
     plotted = {line.get_label(): list(line.get_ydata()) for line in encoder_norms.get_lines()}
     assert plotted["fd"] == pytest.approx(list(norm_series(lines, "fd", "encoder")))
     cosines = {line.get_label(): list(line.get_ydata()) for line in encoder_cosines.get_lines()}

@@ -8,7 +8,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 # Keys of a log line that are not loss terms.
-NOT_TERMS = {"step", "loss", "lr", "step_ms", "elapsed_s", "eval"}
+NOT_TERMS = {"step", "loss", "lr", "step_ms", "elapsed_s", "eval", "grad_total_norm"}
 
 
 def metric_lines(run_dir: str | Path) -> list[dict]:
@@ -21,7 +21,7 @@ def metric_lines(run_dir: str | Path) -> list[dict]:
 
 def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
     """(log lines, evaluation lines) of a run's metrics.jsonl, in step order (the gradient
-    diagnostic's lines are those with "grad_norm": ``analysis/gradients.py``)."""
+    diagnostic's lines are those with "grad_cosine": ``analysis/gradients.py``)."""
     lines = metric_lines(run_dir)
     return [r for r in lines if "loss" in r], [r for r in lines if "eval" in r]
 

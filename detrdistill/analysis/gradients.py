@@ -19,7 +19,7 @@ from detrdistill.training.grad_diagnostic import PARAMETER_GROUPS
 
 def gradient_lines(run_dir: str | Path) -> list[dict]:
     """The diagnostic's lines of a run, in step order; a clear error when it recorded none."""
-    lines = [line for line in metric_lines(run_dir) if "grad_norm" in line]
+    lines = [line for line in metric_lines(run_dir) if "grad_cosine" in line]
     if not lines:
         raise ConfigError(
             f"{run_dir}/metrics.jsonl has no gradient diagnostic: train with train.grad_diagnostic_every > 0 "

@@ -8,7 +8,9 @@ the normal backward pass, for the gradient of each loss component alone:
     components   det (det_*), ld (ld_*), fd, ad (ad_*), kd (a baseline's kd_<method>), as
                  weighted in the objective (so "fd" is lambda_FD x L_FD)
     groups       the student's trainable parameters in four groups: backbone, encoder (with
-                 the input projections that feed it), decoder (with the queries), heads
+                 the input projections that feed it), decoder (with the queries), heads; and
+                 the distiller's own layers (FD's projections, AD's query map, a baseline's),
+                 "distill_heads", which are not shared but count in the clipped gradient norm
 
 and records, per group, each component's gradient norm and the cosine between every two
 components' gradients (None where either has no gradient there, e.g. FD on the heads). The
@@ -26,7 +28,7 @@ import time
 import torch
 from torch import nn
 
-PARAMETER_GROUPS = ("backbone", "encoder", "decoder", "heads")
+PARAMETER_GROUPS = ("backbone", "encoder", "decoder", "heads", "distill_heads")
 # Module names of the class and box heads in transformers' DETR family and in our AdaMixer.
 HEAD_MODULES = {"class_embed", "bbox_embed", "class_labels_classifier", "bbox_predictor", "class_head", "box_head"}
 ENCODER_MODULES = {"encoder", "input_proj", "input_projection", "input_projections", "level_embed"}
@@ -44,12 +46,14 @@ def parameter_group(name: str) -> str:
     return "decoder"
 
 
-def group_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """The model's trainable parameters by group (``PARAMETER_GROUPS`` order, empty groups left out)."""
+def group_parameters(model: nn.Module, distill_heads: list[nn.Module] = ()) -> dict[str, list[nn.Parameter]]:
+    """The model's trainable parameters by group, then the distiller's layers as "distill_heads"
+    (``PARAMETER_GROUPS`` order, empty groups left out)."""
     groups: dict[str, list[nn.Parameter]] = {group: [] for group in PARAMETER_GROUPS}
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
             groups[parameter_group(name)].append(parameter)
+    groups["distill_heads"] = [p for module in distill_heads for p in module.parameters() if p.requires_grad]
     return {group: params for group, params in groups.items() if params}
 
 

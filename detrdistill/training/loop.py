@@ -211,7 +211,7 @@ def fit(
     )
     load, first_step = LoadMonitor(), step
     diagnose_every = train.grad_diagnostic_every if main else 0
-    diagnosed_groups = group_parameters(model) if diagnose_every else {}
+    diagnosed_groups = group_parameters(model, extra_trainable) if diagnose_every else {}
     trained.train()
     batches = iter(loader)  # endless: the sampler never runs out
     # Check the budget before drawing a batch, so the final checkpoint's RNG state is the one
@@ -239,8 +239,9 @@ def fit(
             for name, value in pass_terms.items():
                 terms[name] = terms.get(name, 0.0) + value.detach().float() / accum
         scaler.unscale_(optimizer)
-        if train.clip_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(
+        grad_norm = None
+        if train.clip_grad_norm > 0:  # the norm before clipping, logged: how far clipping scales the step
+            grad_norm = torch.nn.utils.clip_grad_norm_(
                 [p for group in optimizer.param_groups for p in group["params"]], train.clip_grad_norm
             )
         scaler.step(optimizer)
@@ -261,6 +262,8 @@ def fit(
             if main:
                 record = {"step": step, "loss": loss_value, **logged, "lr": optimizer.param_groups[0]["lr"],
                           "step_ms": round(step_s * 1000, 1), "elapsed_s": round(elapsed_s, 1)}
+                if grad_norm is not None:
+                    record["grad_total_norm"] = round(float(grad_norm), 4)
                 _append_jsonl(metrics_path, record)
             postfix = {"loss": f"{loss_value:.3f}", **{k: f"{v:.2f}" for k, v in logged.items()}}
             if budget_s < math.inf:
