@@ -31,7 +31,7 @@ from scipy.optimize import linear_sum_assignment
 from tqdm import tqdm
 
 from detrdistill.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
-from detrdistill.config import LogitsDistillConfig, load_config
+from detrdistill.config import FAMILY_PRESETS, LogitsDistillConfig, load_config
 from detrdistill.data.collate import collate_detection
 from detrdistill.distiller import DETRDistillObjective
 from detrdistill.losses import logits as logits_module
@@ -42,7 +42,7 @@ from detrdistill.training.loop import DetectionObjective
 from detrdistill.training.prepare import load_datasets
 
 RESULTS = Path(__file__).parent / "results"
-PAIRS = [("deformable_teacher", "deformable_student"), ("conditional_teacher", "conditional_student")]
+PAIRS = [(FAMILY_PRESETS[f].teacher, FAMILY_PRESETS[f].student) for f in ("deformable_detr", "conditional_detr")]
 # Distill step kinds: which of LD, FD, AD are on.
 COMPONENTS = {
     "ld": ("logits",),

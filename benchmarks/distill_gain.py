@@ -13,11 +13,12 @@ import argparse
 import json
 from pathlib import Path
 
+from detrdistill.config import FAMILY_PRESETS
 from detrdistill.demo import compare_runs, comparison_table
 
 RESULTS = Path(__file__).parent / "results"
-PRESETS = {"deformable_detr": ("deformable_teacher", "deformable_student"),
-           "conditional_detr": ("conditional_teacher", "conditional_student")}
+PRESETS = {family: (FAMILY_PRESETS[family].teacher, FAMILY_PRESETS[family].student)
+           for family in ("deformable_detr", "conditional_detr")}
 
 
 def main() -> None:

@@ -34,8 +34,7 @@ import numpy as np
 from detrdistill.analysis.draw import load_batch
 from detrdistill.analysis.gradients import gradient_lines, plot_gradients, summarise
 from detrdistill.analysis.mask_focus import format_focus_table, mask_focus
-from detrdistill.bench.suites import FAMILY_PRESETS
-from detrdistill.config import FeatureDistillConfig, load_config
+from detrdistill.config import FAMILY_PRESETS, FeatureDistillConfig, load_config
 from detrdistill.data.coco import CocoDetection
 from detrdistill.data.splits import carve_split
 from detrdistill.data.transforms import build_transforms
@@ -94,7 +93,8 @@ def run_one(family: str, key: str, overrides: dict | None, seed: int, args) -> d
     out = args.runs / family / key / f"seed{seed}"
     teacher = args.teachers / Path(FAMILY_PRESETS[family].teacher).stem
     steps = args.steps or STEPS[family]
-    sets = {"train.eval_every": 0, "train.seed": seed, "train.steps": steps, **(overrides or NO_KD)}
+    sets = {"train.eval_every": 0, "train.seed": seed, "train.steps": steps,
+            **(NO_KD if overrides is None else overrides)}  # {} is the all-three row: the defaults
     if overrides is not None:
         sets["train.grad_diagnostic_every"] = max(steps // DIAGNOSTICS_PER_RUN, 1)
     command = ["distill", "--teacher", str(teacher)] if overrides is not None else ["train"]

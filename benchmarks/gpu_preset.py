@@ -35,7 +35,7 @@ import transformers
 from accelerate.utils import send_to_device
 
 from detrdistill.bench.overrides import apply_overrides
-from detrdistill.config import load_config, save_config
+from detrdistill.config import GPU_FAMILY_PRESETS, load_config, save_config
 from detrdistill.data.collate import collate_detection
 from detrdistill.distiller import DETRDistillObjective
 from detrdistill.models.build import build_detector
@@ -47,8 +47,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from cost import paper_scale_matching  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-PAIRS = {"conditional_detr": ("gpu_conditional_teacher", "gpu_conditional_student"),
-         "deformable_detr": ("gpu_deformable_teacher", "gpu_deformable_student")}
+PAIRS = {family: (p.teacher, p.student) for family, p in GPU_FAMILY_PRESETS.items()}
 RUN_FAMILY = "conditional_detr"
 # --smoke: every preset shrunk to a few-second CPU model; the point is to exercise the script.
 SMOKE = {

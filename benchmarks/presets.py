@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
+from detrdistill.config import FAMILY_PRESETS
+
 RESULTS = Path(__file__).parent / "results"
-PAIRS = {"deformable_detr": ("deformable_teacher", "deformable_student"),
-         "conditional_detr": ("conditional_teacher", "conditional_student"),
-         "adamixer": ("adamixer_teacher", "adamixer_student")}
+PAIRS = {family: (p.teacher, p.student) for family, p in FAMILY_PRESETS.items()}
 # Acceptance (issue 2; AdaMixer: issue 6): teacher AP floors, a student this far below its teacher.
 TEACHER_AP_FLOOR = {"deformable_teacher": 0.50, "conditional_teacher": 0.40,
                     "adamixer_teacher": 0.50}

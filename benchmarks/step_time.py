@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from detrdistill.config import load_config
+from detrdistill.config import FAMILY_PRESETS, load_config
 from detrdistill.data.collate import collate_detection
 from detrdistill.models.build import build_detector
 from detrdistill.training.loop import DetectionObjective
@@ -26,11 +26,7 @@ from detrdistill.training.optim import build_optimizer
 from detrdistill.training.prepare import load_datasets
 
 RESULTS = Path(__file__).parent / "results"
-PAIRS = [
-    ("deformable_teacher", "deformable_student"),
-    ("conditional_teacher", "conditional_student"),
-    ("adamixer_teacher", "adamixer_student"),
-]
+PAIRS = [(p.teacher, p.student) for p in FAMILY_PRESETS.values()]
 
 
 def main() -> None:

@@ -19,6 +19,27 @@ import yaml
 PRESET_DIR = Path(__file__).parent / "configs"
 
 
+@dataclass(frozen=True)
+class FamilyPresets:
+    """A family's teacher and student presets (names in ``configs/`` or YAML paths)."""
+
+    teacher: str
+    student: str
+
+
+# The one table of each family's CPU-scale preset pair (benchmarks, suites, demo) ...
+FAMILY_PRESETS: dict[str, FamilyPresets] = {
+    "deformable_detr": FamilyPresets("deformable_teacher", "deformable_student"),
+    "conditional_detr": FamilyPresets("conditional_teacher", "conditional_student"),
+    "adamixer": FamilyPresets("adamixer_teacher", "adamixer_student"),
+}
+# ... and of the paper-size pairs for a GPU (R101 -> R50).
+GPU_FAMILY_PRESETS: dict[str, FamilyPresets] = {
+    "conditional_detr": FamilyPresets("gpu_conditional_teacher", "gpu_conditional_student"),
+    "deformable_detr": FamilyPresets("gpu_deformable_teacher", "gpu_deformable_student"),
+}
+
+
 @dataclass
 class BackboneConfig:
     """A transformers ResNet backbone (``ResNetConfig``)."""

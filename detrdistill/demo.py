@@ -13,12 +13,12 @@ import json
 import time
 from pathlib import Path
 
-from detrdistill.config import load_config
+from detrdistill.config import FAMILY_PRESETS, load_config
 from detrdistill.evaluate import AP_KEYS, format_ap_table
 from detrdistill.training.run import run_training
 
-TEACHER_PRESET = "deformable_teacher"
-STUDENT_PRESET = "deformable_student"
+TEACHER_PRESET = FAMILY_PRESETS["deformable_detr"].teacher
+STUDENT_PRESET = FAMILY_PRESETS["deformable_detr"].student
 # Distillation helps most while the student is young, and the demo must stay short.
 STUDENT_STEPS = 1000
 

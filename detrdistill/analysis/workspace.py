@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from detrdistill.config import BackboneConfig, RunConfig, load_config
+from detrdistill.config import FAMILY_PRESETS, BackboneConfig, RunConfig, load_config
 from detrdistill.data.coco import CocoDetection
 from detrdistill.data.shapes import make_shapes
 from detrdistill.data.transforms import build_transforms
@@ -177,7 +177,8 @@ def ensure_run(run_dir: str | Path | None, fallback_dir: str | Path, config: Run
 def standard_runs(data_dir: str | Path, work_dir: str | Path, teacher_run: str | Path | None = None,
                   student_run: str | Path | None = None, distilled_run: str | Path | None = None,
                   teacher_steps: int = 1200, student_steps: int = 500, tiny: bool = False,
-                  teacher_preset: str = "deformable_teacher", student_preset: str = "deformable_student",
+                  teacher_preset: str = FAMILY_PRESETS["deformable_detr"].teacher,
+                  student_preset: str = FAMILY_PRESETS["deformable_detr"].student,
                   progress: bool = True) -> dict[str, Path]:
     """The notebooks' three runs: {"teacher", "student", "distilled"} -> run directory.
 

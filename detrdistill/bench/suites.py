@@ -29,24 +29,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from detrdistill.config import ConfigError, resolve_config_path
+from detrdistill.config import FAMILY_PRESETS, ConfigError, FamilyPresets, resolve_config_path
 
 STUDENT = "student"
 SAME_TIME = "student_same_time"
 
 
-@dataclass(frozen=True)
-class FamilyPresets:
-    teacher: str  # preset name or YAML path
-    student: str
-
-
-# The families a suite can run: its own ``families`` by default, any of these with --families.
-FAMILY_PRESETS: dict[str, FamilyPresets] = {
-    "deformable_detr": FamilyPresets("deformable_teacher", "deformable_student"),
-    "conditional_detr": FamilyPresets("conditional_teacher", "conditional_student"),
-    "adamixer": FamilyPresets("adamixer_teacher", "adamixer_student"),
-}
+# The families a suite can run: its own ``families`` by default, any of FAMILY_PRESETS with --families.
 
 
 @dataclass(frozen=True)
