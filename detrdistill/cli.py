@@ -115,21 +115,21 @@ def cmd_run(args) -> None:
 
 def cmd_eval(args) -> None:
     from detrdistill.config import RunConfig
-    from detrdistill.data.coco import CocoDetection
-    from detrdistill.data.transforms import build_transforms
     from detrdistill.evaluate import format_ap_table
     from detrdistill.inference import evaluate_model, load_for_dataset
-    from detrdistill.training.prepare import check_not_empty
+    from detrdistill.training.prepare import check_not_empty, eval_dataset
 
     path = args.run_or_model
     run_config = path / "config.yaml"
     config = load_config(run_config) if run_config.is_file() else RunConfig()
-    if args.overrides:
+    overrides = parse_set_options(args.overrides)
+    if args.image_size:
+        overrides["data.image_size"] = args.image_size
+    if overrides:
         from detrdistill.bench.overrides import apply_overrides
 
-        config = apply_overrides(config, parse_set_options(args.overrides), where="--set")
-    image_size = args.image_size or config.data.image_size
-    dataset = CocoDetection(args.data, args.split, transforms=build_transforms(False, image_size, config.data.max_size))
+        config = apply_overrides(config, overrides, where="command line")
+    dataset = eval_dataset(args.data, config.data, args.split)
     check_not_empty(dataset, "val", needs_boxes=True)
     metrics = evaluate_model(load_for_dataset(path, dataset), dataset, args.batch_size)
     out = args.out or (path / f"eval_{args.split}.json")

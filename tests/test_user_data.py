@@ -11,6 +11,7 @@ from PIL import Image
 from detrdistill.cli import main
 from detrdistill.config import config_to_dict
 from detrdistill.data.coco import CocoDetection
+from detrdistill.data.shapes import make_shapes
 from detrdistill.data.transforms import build_transforms
 from detrdistill.inference import load_for_dataset, predict
 from tests.conftest import IMAGE_SIZE, make_tiny_run_config
@@ -131,3 +132,20 @@ def test_a_mis_sized_image_stops_the_run_before_it_starts(trained, shapes_dir, t
     error = capsys.readouterr().err
     assert "do not match their records" in error and victim.name in error and "is 10x12" in error
     assert not out.exists()  # found before anything was written, not at the first read mid-training
+
+
+def test_one_eval_dataset_for_training_eval_and_figures(tmp_path):
+    """The val split is built in one place: training's evaluation, `detrdistill eval` and the
+    figures see the same resize (max_size included) and the same checks."""
+    from detrdistill.analysis.workspace import eval_dataset as figures_dataset
+    from detrdistill.config import RunConfig
+    from detrdistill.training.prepare import eval_dataset, load_datasets
+
+    config = RunConfig()
+    config.data.image_size, config.data.max_size, config.data.invalid_boxes = 96, 100, "reject"
+    data = tmp_path / "data"
+    make_shapes(data, num_train=2, num_val=2, image_size=64, progress=False)
+    _, training_val = load_datasets(data, config.data)
+    for dataset in (training_val, eval_dataset(data, config.data), figures_dataset(data, config)):
+        assert repr(dataset.transforms) == repr(training_val.transforms) and "max_size=100" in repr(dataset.transforms)
+        assert dataset.caches_images == training_val.caches_images

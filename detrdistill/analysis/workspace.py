@@ -16,8 +16,8 @@ from pathlib import Path
 from detrdistill.config import FAMILY_PRESETS, BackboneConfig, RunConfig, load_config
 from detrdistill.data.coco import CocoDetection
 from detrdistill.data.shapes import make_shapes
-from detrdistill.data.transforms import build_transforms
 from detrdistill.models.build import load_detector, resolve_model_dir
+from detrdistill.training import prepare
 
 # Tiny models for smoke runs (seconds on a CPU): the width and depth of tests/conftest.py.
 TINY_IMAGE_SIZE = 64
@@ -75,10 +75,8 @@ def load_run(run_dir: str | Path) -> LoadedRun:
 
 
 def eval_dataset(data_dir: str | Path, config: RunConfig, split: str | None = None) -> CocoDetection:
-    """A split (default: the config's val split) with the run's deterministic evaluation transforms."""
-    return CocoDetection(data_dir, split or config.data.val_split,
-                         transforms=build_transforms(False, config.data.image_size),
-                         invalid_boxes=config.data.invalid_boxes)
+    """A split (default: the config's val split) as the run's training evaluated it."""
+    return prepare.eval_dataset(Path(data_dir), config.data, split)
 
 
 def tiny_config(preset: str | Path, steps: int = 20, image_size: int = TINY_IMAGE_SIZE) -> RunConfig:

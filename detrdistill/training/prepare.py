@@ -16,6 +16,20 @@ from detrdistill.models.build import build_detector, load_backbone_weights, load
 from detrdistill.models.label_sets import restrict_to_dataset_classes
 
 
+def eval_dataset(data_dir: Path, data: DataConfig, split: str | None = None) -> CocoDetection:
+    """A split (default: ``data.val_split``) exactly as training evaluates it: the deterministic
+    resize (with ``max_size``), the box and file checks and the image cache of ``data``. The one
+    place a split to evaluate on is built: training, ``detrdistill eval`` and the figures."""
+    return CocoDetection(
+        data_dir,
+        split or data.val_split,
+        transforms=build_transforms(False, data.image_size, data.max_size),
+        invalid_boxes=data.invalid_boxes,
+        cache_mb=data.cache_mb,
+        allow_files_outside_root=data.allow_files_outside_root,
+    )
+
+
 def load_datasets(data_dir: Path, data: DataConfig) -> tuple[CocoDetection, CocoDetection]:
     """(augmented train split, deterministic val split)."""
     train_set = CocoDetection(
@@ -26,14 +40,7 @@ def load_datasets(data_dir: Path, data: DataConfig) -> tuple[CocoDetection, Coco
         cache_mb=data.cache_mb,
         allow_files_outside_root=data.allow_files_outside_root,
     )
-    val_set = CocoDetection(
-        data_dir,
-        data.val_split,
-        transforms=build_transforms(False, data.image_size, data.max_size),
-        invalid_boxes=data.invalid_boxes,
-        cache_mb=data.cache_mb,
-        allow_files_outside_root=data.allow_files_outside_root,
-    )
+    val_set = eval_dataset(data_dir, data)
     check_not_empty(train_set, "train")
     check_not_empty(val_set, "val", needs_boxes=True)
     check_same_categories(train_set, val_set)
