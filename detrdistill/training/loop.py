@@ -46,7 +46,7 @@ from detrdistill.training.checkpoint import (
 from detrdistill.training.evaluation import evaluate_across_processes
 from detrdistill.training.grad_diagnostic import gradient_diagnostic, group_parameters
 from detrdistill.training.machine_load import MACHINE_LOAD_NAME, LoadMonitor
-from detrdistill.training.model_card import current_command, model_card
+from detrdistill.training.model_card import card_name, current_command, model_card
 from detrdistill.training.optim import build_optimizer, lr_factor, set_lr
 from detrdistill.training.run_dir import check_run_dir
 from detrdistill.training.sampler import ResumableBatchSampler, SeededAugmentation
@@ -296,9 +296,9 @@ def fit(
     if main:
         _append_jsonl(metrics_path, {"step": step, "elapsed_s": round(elapsed_s, 1), "eval": metrics})
         (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
-        card = model_card(out_dir.name, config, metrics, train_set.root, {"train": len(train_set), "val": len(val_set)},
-                          list(train_set.id2label.values()), val_set.coco_json.get("info", {}).get("area_ranges"),
-                          has_processor, current_command())
+        sizes = {"train": len(train_set), "val": len(val_set)}
+        card = model_card(card_name(out_dir), config, metrics, train_set.root, sizes, list(train_set.id2label.values()),
+                          val_set.coco_json.get("info", {}).get("area_ranges"), has_processor, current_command())
         (out_dir / "model" / "README.md").write_text(card)
         # What else ran, kept out of eval.json so that a resumed run's eval.json stays byte-identical.
         _append_jsonl(out_dir / MACHINE_LOAD_NAME, {"steps": [first_step, step], **load.summary()})

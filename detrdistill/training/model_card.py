@@ -9,6 +9,7 @@ the command that made it. Written for every run, teacher and student.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -31,8 +32,8 @@ def _teacher_facts(teacher: str | None) -> dict | None:
     config_file = model_dir / "config.json"
     family = json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else None
     eval_file = model_dir.parent / "eval.json"
-    ap = json.loads(eval_file.read_text()).get("AP") if eval_file.is_file() else None
-    return {"path": str(model_dir), "family": family, "AP": ap}
+    evaluation = json.loads(eval_file.read_text()) if eval_file.is_file() else {}
+    return {"path": str(model_dir), "family": family, "AP": evaluation.get("AP"), "split": evaluation.get("split")}
 
 
 def model_card(name: str, config: RunConfig, metrics: dict, data_dir: Path, num_images: dict[str, int],
@@ -55,6 +56,7 @@ def model_card(name: str, config: RunConfig, metrics: dict, data_dir: Path, num_
         }]}],
     }
     ranges = area_ranges or COCO_AREA_RANGES
+    area_text = ", ".join(f"{k} [{v[0]:g}, {v[1]:g})" for k, v in ranges.items())
     what = f"A {FAMILY_NAMES.get(family, family)} detector trained with detrdistill"
     what += (f", distilled with DETRDistill from a {FAMILY_NAMES.get(teacher['family'], teacher['family'])} teacher."
              if teacher else ", without a teacher.")
@@ -62,7 +64,8 @@ def model_card(name: str, config: RunConfig, metrics: dict, data_dir: Path, num_
     if teacher:
         teacher_ap = "unknown" if teacher["AP"] is None else f"{100 * teacher['AP']:.1f}"
         lines += ["## Teacher", "", f"- path: `{teacher['path']}`", f"- family: {teacher['family']}",
-                  f"- AP on {config.data.val_split}: {teacher_ap}", "", "## Distillation settings", "",
+                  f"- AP on its run's `{teacher['split'] or '?'}` split: {teacher_ap}", "",
+                  "## Distillation settings", "",
                   "```yaml", yaml.safe_dump({"distill": {k: v for k, v in config_to_dict(config)["distill"].items()
                                                          if k != "teacher"}}, sort_keys=False).strip(), "```", ""]
     lines += ["## Data", "", f"- dataset: `{data_dir}`",
@@ -71,8 +74,8 @@ def model_card(name: str, config: RunConfig, metrics: dict, data_dir: Path, num_
               f"- {len(class_names)} classes: {', '.join(class_names)}",
               f"- images: shorter side {config.data.image_size} px"
               + (f", longer side at most {config.data.max_size} px" if config.data.max_size else ""), "",
-              "## Metrics", "", "COCO box AP (pycocotools) on the val split, x100. Area ranges (pixels^2, at the "
-              "original image size): " + ", ".join(f"{k} [{v[0]:g}, {v[1]:g})" for k, v in ranges.items()) + ".", "",
+              "## Metrics", "", f"COCO box AP (pycocotools) on `{config.data.val_split}`, x100. Area ranges "
+              "(pixels^2, at the original image size): " + area_text + ".", "",
               "| " + " | ".join(AP_KEYS) + " |", "|" + "---:|" * len(AP_KEYS),
               "| " + " | ".join("-" if v is None or v != v else f"{100 * v:.1f}" for v in values.values()) + " |", "",
               "## Use", ""]
@@ -87,6 +90,12 @@ def model_card(name: str, config: RunConfig, metrics: dict, data_dir: Path, num_
                   "`detrdistill.models.build.load_detector(PATH)` or run `detrdistill predict PATH IMAGES...`.", ""]
     lines += ["## Reproduce", "", "```bash", command, "```", ""]
     return "\n".join(lines)
+
+
+def card_name(out_dir: Path) -> str:
+    """The run's name: its directory, with the parent's for a seed directory (``all/seed0`` -> ``all-seed0``)."""
+    out_dir = Path(out_dir)
+    return f"{out_dir.parent.name}-{out_dir.name}" if re.fullmatch(r"seed\d+", out_dir.name) else out_dir.name
 
 
 def current_command() -> str:
