@@ -39,13 +39,16 @@ def test_norms_and_cosines_by_hand():
         "fd": (a**2).sum(),  # d/da = (2, 4); none on the heads
         "ld_pos_cls": -(a[0, 0] * 1.0) + 2 * h.sum(),  # d/da = (-1, 0); d/dh = 2
     }
-    head = nn.Linear(1, 1, bias=False)  # a distiller's own layer, e.g. FD's projection
+    head, other_head = nn.Linear(1, 1, bias=False), nn.Linear(1, 1, bias=False)  # FD's projection, AD's map
     with torch.no_grad():
         head.weight.fill_(1.0)
+        other_head.weight.fill_(1.0)
     terms["fd"] = terms["fd"] + 3 * head.weight.sum()  # d/d(head) = 3
-    result = gradient_diagnostic(terms, group_parameters(model, [head]))
+    terms["ad_cls"] = 4 * other_head.weight.sum()  # each head reached by one component only
+    result = gradient_diagnostic(terms, group_parameters(model, [head, other_head]))
     norm, cosine = result["grad_norm"], result["grad_cosine"]
     assert norm["fd"]["distill_heads"] == pytest.approx(3.0) and norm["det"]["distill_heads"] == 0.0
+    assert norm["ad"]["distill_heads"] == pytest.approx(4.0) and cosine["distill_heads"]["fd|ad"] == 0.0
     assert norm["det"]["backbone"] == pytest.approx(math.sqrt(2))
     assert norm["fd"]["backbone"] == pytest.approx(math.sqrt(20))
     assert norm["fd"]["heads"] == 0.0

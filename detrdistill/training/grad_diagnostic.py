@@ -86,9 +86,14 @@ def gradient_diagnostic(terms: dict[str, torch.Tensor], groups: dict[str, list[n
         grads = iter(grads)
         flat[component] = {}
         for group, params in groups.items():
+            # A parameter this component does not reach counts as a zero gradient, so every
+            # component's vector of a group has the same length (their cosine needs it).
             pieces = [next(grads) for _ in params]
-            pieces = [g.flatten().float() for g in pieces if g is not None]
-            flat[component][group] = torch.cat(pieces) if pieces else None
+            reached = any(g is not None for g in pieces)
+            flat[component][group] = torch.cat([
+                (g if g is not None else torch.zeros_like(p)).flatten().float()
+                for g, p in zip(pieces, params, strict=True)
+            ]) if reached else None
     norms = {c: {g: 0.0 if v is None else v.norm().item() for g, v in by_group.items()} for c, by_group in flat.items()}
     cosines: dict[str, dict[str, float | None]] = {}
     for group in groups:
