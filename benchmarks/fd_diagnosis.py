@@ -54,6 +54,8 @@ ROWS = (
     ("all", "all three: quality mask, tau 1, lambda_FD 20 (today's default)", {}, "the failure being diagnosed"),
     ("all_lambda2", "all three, lambda_FD 2", {"distill.lambda_fd": 2.0},
      "H1: FD's scale (a tenth of the weight, same masks)"),
+    ("all_lambda0", "all three, lambda_FD 0 (FD built and computed, its loss weighted 0)", {"distill.lambda_fd": 0.0},
+     "control: is it FD's loss at all, or having FD's layers in the run"),
     ("all_sharp", "all three, quality mask tau 0.25", {"distill.features.temperature": 0.25},
      "H3: sharper, more target-aware masks at the same mean mask"),
     ("all_sharp_lambda2", "all three, quality mask tau 0.25, lambda_FD 2",
@@ -159,6 +161,7 @@ PREDICTIONS = (
      "cross-attention reads it as content (Conditional more than Deformable)", "all_input", "all"),
     ("H3 masks barely target-aware", "sharper masks at the same mean weight beat today's", "all_sharp_lambda2", "all"),
     ("the paper's literal mask", "eq. 6's dot product at lambda_FD 20 (about 45x today's weight)", "all_paper", "all"),
+    ("control", "with FD's loss weighted 0 the run is LD + AD again", "all_lambda0", "all"),
     ("FD's worth", "the best FD form adds to LD + AD", "all_lambda2", "ld_ad"),
 )
 
