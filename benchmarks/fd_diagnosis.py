@@ -69,13 +69,13 @@ ROWS = (
      "H2: FD away from the memory the cross-attention reads (and H1: its scale there)"),
 )
 FOCUS_FORMS = {
-    "quality, tau 1 (default)": FeatureDistillConfig(),
-    "quality, tau 0.5": FeatureDistillConfig(temperature=0.5),
-    "quality, tau 0.25": FeatureDistillConfig(temperature=0.25),
+    "quality, tau 1 (default)": FeatureDistillConfig(mask="quality"),
+    "quality, tau 0.5": FeatureDistillConfig(mask="quality", temperature=0.5),
+    "quality, tau 0.25": FeatureDistillConfig(mask="quality", temperature=0.25),
     "paper (dot product)": FeatureDistillConfig(mask="paper"),
     "vanilla": FeatureDistillConfig(mask="vanilla"),
     "release (cosine)": FeatureDistillConfig(mask="release"),
-    "quality, encoder input": FeatureDistillConfig(features="encoder_input"),
+    "quality, encoder input": FeatureDistillConfig(mask="quality", features="encoder_input"),
 }
 
 
