@@ -100,22 +100,25 @@ def plot_gradients(lines: list[dict], title: str = "") -> Figure:
     components, pairs = _components_and_pairs(lines)
     figure = Figure(figsize=(3.0 * len(groups), 5.2), layout="constrained")
     axes = figure.subplots(2, len(groups), squeeze=False)
+    # One colour per component and per pair in every panel, so one legend per row reads them all.
+    colours = {name: f"C{index % 10}" for index, name in enumerate(components)}
+    pair_colours = {name: f"C{index % 10}" for index, name in enumerate(pairs)}
     for column, group in enumerate(groups):
         norm_ax, cos_ax = axes[0, column], axes[1, column]
         for component in components:
             values = norm_series(lines, component, group)
             if np.nansum(values) > 0:
-                norm_ax.plot(steps, values, label=component)
+                norm_ax.plot(steps, values, color=colours[component], label=component)
         norm_ax.set(title=group, yscale="log", xlabel="step")
         for pair in pairs:
             values = cosine_series(lines, pair, group)
             if not np.isnan(values).all():
-                cos_ax.plot(steps, values, label=pair.replace("|", "/"))
+                cos_ax.plot(steps, values, color=pair_colours[pair], label=pair.replace("|", "/"))
         cos_ax.axhline(0.0, color="grey", linewidth=0.6)
         cos_ax.set(ylim=(-1.05, 1.05), xlabel="step")
     axes[0, 0].set_ylabel("gradient norm")
     axes[1, 0].set_ylabel("cosine")
-    axes[0, -1].legend(fontsize=7)
-    axes[1, -1].legend(fontsize=6, ncol=2)
+    axes[0, 0].legend(fontsize=7)
+    axes[1, 0].legend(fontsize=6, ncol=2)
     figure.suptitle(title or "per-term gradients on the student's parameter groups", fontsize=9)
     return figure
