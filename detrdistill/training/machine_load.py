@@ -21,8 +21,9 @@ BUSY_CORE_SHARE = 0.2
 PROC = Path("/proc")
 
 
-def _cpu_seconds_by_process() -> dict[int, tuple[str, float]]:
-    """{pid: (command name, user + system CPU seconds)} of every readable process (Linux /proc)."""
+def _process_stats() -> dict[int, tuple[str, int, float]]:
+    """{pid: (command name, parent pid, user + system CPU seconds)} of every readable process
+    (Linux /proc; empty elsewhere)."""
     ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     table = {}
     for entry in PROC.glob("[0-9]*") if PROC.is_dir() else ():
@@ -30,21 +31,22 @@ def _cpu_seconds_by_process() -> dict[int, tuple[str, float]]:
             stat = (entry / "stat").read_text()
         except OSError:  # the process ended while we looked
             continue
-        name = stat[stat.index("(") + 1: stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2:].split()
-        table[int(entry.name)] = (name, (int(fields[11]) + int(fields[12])) / ticks)  # utime, stime
+        name = stat[stat.index("(") + 1: stat.rindex(")")]
+        # fields[1] is the parent pid, fields[11] and [12] the user and system ticks
+        table[int(entry.name)] = (name, int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
     return table
+
+
+def _cpu_seconds_by_process() -> dict[int, tuple[str, float]]:
+    """{pid: (command name, user + system CPU seconds)} of every readable process."""
+    return {pid: (name, cpu) for pid, (name, _, cpu) in _process_stats().items()}
 
 
 def _own_processes() -> set[int]:
     """This process and its descendants (DataLoader workers), which are the run itself."""
-    own, parents = {os.getpid()}, {}
-    for entry in PROC.glob("[0-9]*") if PROC.is_dir() else ():
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    own = {os.getpid()}
+    parents = {pid: parent for pid, (_, parent, _) in _process_stats().items()}
     changed = True
     while changed:
         children = {pid for pid, parent in parents.items() if parent in own} - own
