@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 
 from detrdistill.config import FAMILY_PRESETS
-from detrdistill.demo import compare_runs, comparison_table
+from detrdistill.demo import compare_runs
+from detrdistill.runs import runs_table
 
 RESULTS = Path(__file__).parent / "results"
 PRESETS = {family: (FAMILY_PRESETS[family].teacher, FAMILY_PRESETS[family].student)
@@ -41,7 +42,7 @@ def main() -> None:
     (RESULTS / f"distill_gain_{args.family}.json").write_text(json.dumps(record, indent=2))
     text = (f"# DETRDistill vs undistilled student: {args.family}\n\nRegenerate: `{command}` (teacher from "
             "`benchmarks/presets.py`).\n\nEmbedded shapes data, val split (1000 images), seed 0, one run each. "
-            f"AP x100.\n\n{comparison_table(rows)}\n\n"
+            f"AP x100.\n\n{runs_table(rows)}\n\n"
             f"- DETRDistill - student, same steps: {100 * gain:+.1f} AP\n"
             f"- DETRDistill - student, same wall-clock time: {100 * gain_time:+.1f} AP\n")
     (RESULTS / f"distill_gain_{args.family}.md").write_text(text)

@@ -186,7 +186,7 @@ def cmd_diagnose(args) -> None:
 def cmd_bench(args) -> None:
     from detrdistill.bench.runner import COST_SCRIPT, run_suite
     from detrdistill.bench.suites import SUITES
-    from detrdistill.demo import ensure_shapes
+    from detrdistill.runs import ensure_shapes
 
     if args.suite == "cost":  # the lead's cost benchmark: per-step time and memory ratios
         if not COST_SCRIPT.is_file():

@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 from detrdistill.config import FAMILY_PRESETS, load_config
-from detrdistill.evaluate import AP_KEYS, format_ap_table
-from detrdistill.training.run import run_training
+from detrdistill.runs import ensure_shapes, runs_table, train_or_reuse
 
 TEACHER_PRESET = FAMILY_PRESETS["deformable_detr"].teacher
 STUDENT_PRESET = FAMILY_PRESETS["deformable_detr"].student
@@ -23,31 +22,13 @@ STUDENT_PRESET = FAMILY_PRESETS["deformable_detr"].student
 STUDENT_STEPS = 1000
 
 
-def ensure_shapes(data_dir: Path) -> None:
-    from detrdistill.data.shapes import make_shapes
-
-    if (data_dir / "annotations" / "instances_val.json").is_file():
-        print(f"[demo] data: reusing {data_dir}")
-        return
-    print(f"[demo] data: generating the embedded shapes set in {data_dir} (about 40 s)")
-    make_shapes(data_dir)
-
-
-def train_or_reuse(
-    label: str, preset: str, data_dir: Path, run_dir: Path, steps: int | None = None, minutes: float | None = None,
-    teacher: Path | None = None,
-) -> dict:
-    """Train ``preset`` into ``run_dir`` (distilling from ``teacher`` if given) unless done already."""
-    eval_file = run_dir / "eval.json"
-    if eval_file.is_file():
-        print(f"[demo] {label}: reusing the finished run in {run_dir}")
-        return json.loads(eval_file.read_text())
+def preset_run(label: str, preset: str, data_dir: Path, run_dir: Path, steps: int | None = None,
+               minutes: float | None = None, teacher: Path | None = None) -> dict:
+    """``preset`` (with the given budget) trained into ``run_dir`` unless finished there: eval.json's dict."""
     config = load_config(preset)
     if steps is not None or minutes is not None:
         config.train.steps, config.train.minutes = steps, minutes
-    budget = f"{config.train.steps} steps" if config.train.steps else f"{config.train.minutes:.1f} min"
-    print(f"[demo] {label}: preset {preset}, {budget}{' distilled from ' + str(teacher) if teacher else ''}")
-    return run_training(config, data_dir, run_dir, teacher=teacher, resume=(run_dir / "checkpoint.pt").is_file())
+    return train_or_reuse(config, data_dir, run_dir, teacher=teacher, label=label)
 
 
 def compare_runs(
@@ -61,34 +42,28 @@ def compare_runs(
     rows = {}
     if teacher_dir is None:
         teacher_dir = out_dir / "teacher"
-        rows["teacher"] = train_or_reuse("teacher", teacher_preset, data_dir, teacher_dir)
+        rows["teacher"] = preset_run("teacher", teacher_preset, data_dir, teacher_dir)
     else:
         rows["teacher"] = json.loads((teacher_dir / "eval.json").read_text())
-    rows["student (same steps)"] = train_or_reuse(
+    rows["student (same steps)"] = preset_run(
         "student", student_preset, data_dir, out_dir / "student", steps=student_steps
     )
-    rows["DETRDistill student"] = train_or_reuse(
+    rows["DETRDistill student"] = preset_run(
         "DETRDistill student", student_preset, data_dir, out_dir / "distilled", steps=student_steps,
         teacher=teacher_dir,
     )
-    rows["student (same time)"] = train_or_reuse(
+    rows["student (same time)"] = preset_run(
         "student, same time", student_preset, data_dir, out_dir / "student_same_time",
         minutes=rows["DETRDistill student"]["train_s"] / 60,
     )
     return rows
 
 
-def comparison_table(rows: dict[str, dict]) -> str:
-    return format_ap_table(
-        {name: {**{k: r[k] for k in AP_KEYS}, "steps": r["steps"], "step_ms": r["step_ms"]} for name, r in rows.items()}
-    )
-
-
 def run_demo(data_dir: Path, out_dir: Path, student_steps: int = STUDENT_STEPS) -> str:
     started = time.perf_counter()
     ensure_shapes(data_dir)
     rows = compare_runs(TEACHER_PRESET, STUDENT_PRESET, data_dir, out_dir, student_steps)
-    table = comparison_table(rows)
+    table = runs_table(rows)
     gain = rows["DETRDistill student"]["AP"] - rows["student (same steps)"]["AP"]
     report = (
         "# detrdistill demo\n\n"

@@ -19,18 +19,12 @@ from detrdistill.analysis.ld_matching import ld_pairs
 from detrdistill.analysis.masks import compute_masks, level_masks, mask_shares, select_queries, share_in_boxes
 from detrdistill.analysis.query_prior import answer_teacher_queries, load_query_map
 from detrdistill.analysis.results import ap_rows, ap_table, result_files
-from detrdistill.analysis.workspace import (
-    eval_dataset,
-    load_run,
-    one_epoch_config,
-    preset_config,
-    tiny_config,
-    train_or_reuse,
-)
+from detrdistill.analysis.workspace import one_epoch_config, preset_config, tiny_config
 from detrdistill.cli import main as cli_main
 from detrdistill.config import LossConfig, load_config
 from detrdistill.matching import HungarianMatcher
 from detrdistill.models.adapters import adapter_for
+from detrdistill.runs import eval_dataset, load_run, train_or_reuse
 
 
 def _matches(*pairs):

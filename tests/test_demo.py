@@ -3,7 +3,8 @@
 import yaml
 
 from detrdistill.config import config_to_dict
-from detrdistill.demo import compare_runs, comparison_table
+from detrdistill.demo import compare_runs
+from detrdistill.runs import runs_table
 from tests.conftest import make_tiny_run_config
 
 
@@ -18,7 +19,7 @@ def test_compare_runs_trains_each_row_once_and_reuses_finished_runs(shapes_dir, 
     assert rows["teacher"]["steps"] == 2
     assert rows["student (same steps)"]["steps"] == rows["DETRDistill student"]["steps"] == 3
     assert (out / "distilled" / "init.json").read_text().count("teacher") >= 1
-    table = comparison_table(rows)
+    table = runs_table(rows)
     assert "DETRDistill student" in table and "step_ms" in table
 
     stamp = (out / "student" / "eval.json").stat().st_mtime_ns

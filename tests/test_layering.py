@@ -16,6 +16,7 @@ FLOORS = (
     ("detrdistill.losses",),
     ("detrdistill.distiller",),
     ("detrdistill.training",),
+    ("detrdistill.runs",),
     ("detrdistill.bench", "detrdistill.analysis", "detrdistill.demo"),
     ("detrdistill.cli",),
 )

@@ -137,8 +137,8 @@ def test_a_mis_sized_image_stops_the_run_before_it_starts(trained, shapes_dir, t
 def test_one_eval_dataset_for_training_eval_and_figures(tmp_path):
     """The val split is built in one place: training's evaluation, `detrdistill eval` and the
     figures see the same resize (max_size included) and the same checks."""
-    from detrdistill.analysis.workspace import eval_dataset as figures_dataset
     from detrdistill.config import RunConfig
+    from detrdistill.runs import eval_dataset as figures_dataset
     from detrdistill.training.prepare import eval_dataset, load_datasets
 
     config = RunConfig()

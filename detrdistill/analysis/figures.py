@@ -44,8 +44,9 @@ from detrdistill.analysis.query_prior import (
     mean_assigned_iou,
     plot_teacher_query_answers,
 )
-from detrdistill.analysis.workspace import eval_dataset, is_finished, load_run, train_one_epoch
+from detrdistill.analysis.workspace import train_one_epoch
 from detrdistill.models.adapters import adapter_for
+from detrdistill.runs import eval_dataset, is_finished, load_run
 
 DPI = 90  # small enough to commit, large enough for the 128 px images
 FIG4, FIG6, FIG7 = "fig4_query_masks.png", "fig6_quality_masks.png", "fig7_instability.png"

@@ -1,82 +1,21 @@
-"""Data and runs for the analysis, the figures and the notebooks: generate or reuse, load.
+"""The notebooks' runs: tiny and shortened presets, the three standard runs, ablations.
 
-Everything reuses what is already there: a dataset directory with its annotation files, a
-run directory with its ``eval.json``. Runs are trained through ``run_training``, the same
-path as ``detrdistill train`` / ``distill``.
+Runs are trained or reused through ``detrdistill.runs`` (the same definition of a finished
+run as the demo and the bench), so a second notebook run reuses what the first trained.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 from detrdistill.config import FAMILY_PRESETS, BackboneConfig, RunConfig, load_config
 from detrdistill.data.coco import CocoDetection
-from detrdistill.data.shapes import make_shapes
-from detrdistill.models.build import load_detector, resolve_model_dir
-from detrdistill.training import prepare
+from detrdistill.runs import is_finished, train_or_reuse
 
 # Tiny models for smoke runs (seconds on a CPU): the width and depth of tests/conftest.py.
 TINY_IMAGE_SIZE = 64
-
-
-def ensure_shapes(data_dir: str | Path, num_train: int = 4000, num_val: int = 1000, image_size: int = 128,
-                  seed: int = 0, progress: bool = True) -> Path:
-    """The shapes dataset in ``data_dir``: reused when its val annotations exist, else generated."""
-    data_dir = Path(data_dir)
-    if (data_dir / "annotations" / "instances_val.json").is_file():
-        return data_dir
-    return make_shapes(data_dir, num_train=num_train, num_val=num_val, seed=seed, image_size=image_size,
-                       progress=progress)
-
-
-def is_finished(run_dir: str | Path | None) -> bool:
-    """True when ``run_dir`` holds a finished run (its ``eval.json`` and ``model/``)."""
-    if run_dir is None:
-        return False
-    run_dir = Path(run_dir)
-    return (run_dir / "eval.json").is_file() and (resolve_model_dir(run_dir) / "config.json").is_file()
-
-
-@dataclass
-class LoadedRun:
-    """A trained model with the config it was trained with.
-
-    Attributes:
-        path: the run (or bare model) directory.
-        model: the transformers detector, in eval mode.
-        config: the run's resolved ``config.yaml`` (defaults for a bare model directory).
-        eval: the run's ``eval.json`` (empty when absent).
-    """
-
-    path: Path
-    model: object
-    config: RunConfig
-    eval: dict
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-
-def load_run(run_dir: str | Path) -> LoadedRun:
-    """Load a run directory (or any ``from_pretrained`` directory) for analysis."""
-    run_dir = Path(run_dir)
-    if not run_dir.exists():
-        raise FileNotFoundError(f"run directory {run_dir} does not exist: train it first (detrdistill train/distill)")
-    config_file = run_dir / "config.yaml"
-    config = load_config(config_file) if config_file.is_file() else RunConfig()
-    eval_file = run_dir / "eval.json"
-    metrics = json.loads(eval_file.read_text()) if eval_file.is_file() else {}
-    return LoadedRun(path=run_dir, model=load_detector(run_dir).eval(), config=config, eval=metrics)
-
-
-def eval_dataset(data_dir: str | Path, config: RunConfig, split: str | None = None) -> CocoDetection:
-    """A split (default: the config's val split) as the run's training evaluated it."""
-    return prepare.eval_dataset(Path(data_dir), config.data, split)
 
 
 def tiny_config(preset: str | Path, steps: int = 20, image_size: int = TINY_IMAGE_SIZE) -> RunConfig:
@@ -102,19 +41,6 @@ def tiny_config(preset: str | Path, steps: int = 20, image_size: int = TINY_IMAG
     config.train.checkpoint_every = max(steps, 1)
     config.train.eval_every = 0
     return config
-
-
-def train_or_reuse(config: RunConfig, data_dir: str | Path, run_dir: str | Path, teacher: str | Path | None = None,
-                   progress: bool = True) -> dict:
-    """Train ``config`` into ``run_dir`` (distilling from ``teacher`` when given) unless it is
-    already finished there; returns the run's eval.json dict. An interrupted run is resumed."""
-    from detrdistill.training.run import run_training  # training pulls in the whole loop; only load it here
-
-    run_dir = Path(run_dir)
-    if is_finished(run_dir):
-        return json.loads((run_dir / "eval.json").read_text())
-    return run_training(copy.deepcopy(config), Path(data_dir), run_dir, teacher=Path(teacher) if teacher else None,
-                        resume=(run_dir / "checkpoint.pt").is_file(), progress=progress)
 
 
 def one_epoch_config(student: RunConfig, num_train_images: int, assignment_only: bool) -> RunConfig:
@@ -144,7 +70,6 @@ def train_one_epoch(student: RunConfig, data_dir: str | Path, out_dir: str | Pat
     train_split = CocoDetection(data_dir, student.data.train_split, invalid_boxes=student.data.invalid_boxes)
     config = one_epoch_config(student, len(train_split), assignment_only=teacher is not None)
     return train_or_reuse(config, data_dir, out_dir, teacher=teacher, progress=progress)
-
 
 
 def preset_config(preset: str | Path, steps: int, tiny: bool = False) -> RunConfig:
@@ -214,15 +139,3 @@ def train_variants(base: RunConfig, variants: dict[str, dict], data_dir: str | P
         train_or_reuse(config, data_dir, run_dir, teacher=teacher if distills(config) else None, progress=progress)
         runs[name] = run_dir
     return runs
-
-
-def runs_table(runs: dict[str, str | Path]) -> str:
-    """Markdown AP table (x100) of finished runs by name, with their steps and step time."""
-    from detrdistill.evaluate import AP_KEYS, format_ap_table
-
-    rows = {}
-    for name, run_dir in runs.items():
-        metrics = json.loads((Path(run_dir) / "eval.json").read_text())
-        rows[name] = {**{k: metrics.get(k) for k in AP_KEYS}, "steps": metrics.get("steps"),
-                      "step_ms": metrics.get("step_ms")}
-    return format_ap_table(rows)
