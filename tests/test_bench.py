@@ -1,6 +1,5 @@
 """The benchmark machinery: overrides, the paired bootstrap, suite definitions, a tiny suite end to end."""
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -8,11 +7,12 @@ import numpy as np
 import pytest
 import yaml
 
-from detrdistill.bench import report, runner
+from detrdistill import runs as runs_module
+from detrdistill.bench import runner
 from detrdistill.bench.bootstrap import ap_table, paired_gain, resample_counts, resampled_aps, weighted_ap
 from detrdistill.bench.overrides import apply_overrides
 from detrdistill.bench.plan import same_time_steps
-from detrdistill.bench.report import check_target, checkpoints_over_seeds
+from detrdistill.bench.report import MixedTeachersError, check_target, checkpoints_over_seeds
 from detrdistill.bench.runner import config_digest, run_suite
 from detrdistill.bench.suites import (
     DETRDISTILL,
@@ -232,40 +232,35 @@ def test_suites_run_their_own_families_unless_others_are_requested(tmp_path):
         suite_families(SUITES["components"], ["yolo"], presets=present)
 
 
+def _fake_teacher(path: Path, weights: bytes = b"weights") -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "model.safetensors").write_bytes(weights)
+    return path
+
+
 def test_config_digest_ignores_the_seed_and_an_undistilled_runs_distill_section(tmp_path):
+    teacher = _fake_teacher(tmp_path)
     config = make_tiny_run_config(steps=4)
     other_seed = apply_overrides(config, {"train.seed": 3})
     no_ld = apply_overrides(config, {"distill.logits.enabled": False})
     assert config_digest(config, None) == config_digest(other_seed, None) == config_digest(no_ld, None)
-    assert config_digest(config, tmp_path) != config_digest(no_ld, tmp_path)
+    assert config_digest(config, teacher) != config_digest(no_ld, teacher)
     assert config_digest(config, None) != config_digest(apply_overrides(config, {"train.steps": 5}), None)
     assert config_digest(config, None) == config_digest(apply_overrides(config, {"data.cache_mb": 0}), None)
+    diagnosed = apply_overrides(config, {"train.grad_diagnostic_every": 10})  # only adds records
+    assert config_digest(diagnosed, teacher) == config_digest(config, teacher)
+    assert config_digest(apply_overrides(config, {"distill.features.temperature": 0.5}), teacher) != \
+        config_digest(config, teacher)
 
 
-def test_a_setting_added_later_keeps_earlier_digests_at_its_default(tmp_path):
-    """distill.logits.normalise and distill.features.temperature came after runs were recorded:
-    at their defaults the digest is the one computed without them; another value is another
-    run. train.grad_diagnostic_every only adds records, so it is never part of the digest."""
+def test_config_digest_follows_the_teachers_weights_not_its_directory(tmp_path):
     config = make_tiny_run_config(steps=4)
-    values = config_to_dict(config)
-    del values["distill"]["logits"]["normalise"]
-    del values["distill"]["features"]["temperature"]
-    values["train"].pop("grad_diagnostic_every")
-    values["data"].pop("allow_files_outside_root")
-    values["data"].pop("check_files")
-    values["train"].pop("seed")
-    values["data"].pop("cache_mb")
-    teacher_eval = tmp_path / "eval.json"
-    teacher_eval.write_text("{}")
-    values["distill"]["teacher"] = f"{tmp_path.resolve()}@{hashlib.sha1(b'{}').hexdigest()[:8]}"
-    without_field = hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
-    assert config_digest(config, tmp_path) == without_field
-    matched = apply_overrides(config, {"distill.logits.normalise": "matched"})
-    assert config_digest(matched, tmp_path) != without_field
-    sharper = apply_overrides(config, {"distill.features.temperature": 0.5})
-    assert config_digest(sharper, tmp_path) != without_field
-    diagnosed = apply_overrides(config, {"train.grad_diagnostic_every": 10})
-    assert config_digest(diagnosed, tmp_path) == without_field
+    same = [_fake_teacher(tmp_path / name) for name in ("a", "b")]
+    assert config_digest(config, same[0]) == config_digest(config, same[1])
+    retrained = config_digest(config, _fake_teacher(tmp_path / "a", b"other weights"))
+    assert retrained != config_digest(config, same[1])
+    with pytest.raises(FileNotFoundError, match="no model weights"):
+        config_digest(config, tmp_path / "empty")
 
 
 def test_same_time_steps_fill_the_distilled_runs_training_time():
@@ -342,6 +337,9 @@ def test_tiny_suite_end_to_end_then_resumes_without_redoing_finished_runs(shapes
     assert student["steps"] == distilled["steps"] == 4 and student["seed"] == 1
     assert not student["distilled"] and distilled["distilled"]
     assert distilled["teacher"] == str(teachers / "tiny_teacher")
+    assert distilled["teacher_digest"] == runs_module.model_digest(teachers / "tiny_teacher")
+    assert distilled["teacher_eval"] == json.loads((teachers / "tiny_teacher" / "eval.json").read_text())
+    assert student["teacher_digest"] is None
     assert distilled["overrides"]["distill.assignment.enabled"] is True and distilled["overrides"]["train.steps"] == 4
     assert same_time["steps"] == same_time_steps(distilled, student)
     assert [c["step"] for c in student["checkpoints"]] == [2, 4]  # eval every 4 // 2 steps
@@ -357,7 +355,7 @@ def test_tiny_suite_end_to_end_then_resumes_without_redoing_finished_runs(shapes
     assert report == results / "tiny.md"
     assert text.startswith("# Benchmark `tiny`")
     assert "Regenerate: `detrdistill bench tiny --seeds 2 --data " in text
-    assert "| teacher (`" in text and "| DETRDistill | " in text and "| LD | " in text
+    assert f"1 run, weights {distilled['teacher_digest']})" in text and "| DETRDistill | " in text and "| LD | " in text
     assert "student, same time as DETRDistill" in text
     assert "42.5 (+2.5)" in text  # the paper column with its gain over the paper's student
     assert "**NOT MET** (issue 4), conditional_detr: LD at least 100 AP above DETRDistill" in text
@@ -371,13 +369,13 @@ def test_tiny_suite_end_to_end_then_resumes_without_redoing_finished_runs(shapes
     assert rows["all"]["gain"]["gain"] == pytest.approx(expected_gain, abs=1e-12)
 
     calls = []
-    real_run_training = runner.run_training
+    real_run_training = runs_module.run_training
 
     def counting_run_training(*args, **kw):
         calls.append(kw.get("resume"))
         return real_run_training(*args, **kw)
 
-    monkeypatch.setattr(runner, "run_training", counting_run_training)
+    monkeypatch.setattr(runs_module, "run_training", counting_run_training)
     run_suite(TINY, shapes_dir, runs, results, **kwargs)
     assert calls == []  # every run finished: nothing retrained
 
@@ -404,6 +402,21 @@ def test_tiny_suite_end_to_end_then_resumes_without_redoing_finished_runs(shapes
         run_suite(TINY, shapes_dir, runs, results, rows=["fitnet"], **kwargs)
     with pytest.raises(ConfigError, match="list both"):
         run_suite(TINY, shapes_dir, runs, results, rows=["all", "student_same_time"], **kwargs)
+
+    # A page never mixes teachers: records of two teachers, or of another teacher than the one
+    # now in the teacher directory, are refused, even when rebuilding from the records alone.
+    text_before = report.read_text()
+    stale = results / "tiny" / "conditional_detr__ld__seed0.json"
+    stale.write_text(json.dumps({**record("ld", 0), "teacher_digest": "0123456789ab"}))
+    with pytest.raises(MixedTeachersError, match="ld seed 0"):
+        run_suite(TINY, shapes_dir, runs, results, report_only=True, **kwargs)
+    for seed in (0, 1):
+        for key in ("all", "ld"):
+            path = results / "tiny" / f"conditional_detr__{key}__seed{seed}.json"
+            path.write_text(json.dumps({**record(key, seed), "teacher_digest": "0123456789ab"}))
+    with pytest.raises(MixedTeachersError, match="the teacher in .* is "):
+        run_suite(TINY, shapes_dir, runs, results, report_only=True, **kwargs)
+    assert report.read_text() == text_before
 
 
 def test_cli_bench_parses_the_suite_options_and_runs_cost_through_the_cost_script(monkeypatch, tmp_path):
@@ -442,29 +455,3 @@ def test_checkpoint_curves_average_ap_take_the_median_time_and_drop_steps_a_seed
             # shared the cores with other work: its time would pull a mean to 40 s
             {"checkpoints": [{"step": 2, "AP": 0.3, "elapsed_s": 98.0}]}]
     assert checkpoints_over_seeds(runs) == [{"step": 2, "AP": pytest.approx(0.2), "elapsed_s": 12.0, "seeds": 3}]
-
-
-def test_a_rebuild_without_run_directories_keeps_the_same_runs_intervals_and_teacher():
-    def gain(per_seed, low=None):
-        mean = float(np.mean(per_seed))
-        return {"seeds": [0, 1], "per_seed": per_seed, "std": 0.01, "gain": mean, "low": low,
-                "high": None if low is None else mean + 0.05}
-
-    def summary(teacher_eval, same_gain, other_gain, own_gain):
-        rows = [{"key": "all", "gain": same_gain}, {"key": "ld", "gain": other_gain}, {"key": "fd", "gain": own_gain}]
-        return {"families": {"conditional_detr": {"teacher": {"dir": "runs/t", "eval": teacher_eval},
-                                                  "rows": rows, "equal_time": None}}}
-
-    earlier = summary({"AP": 0.5}, gain([0.1, 0.2], 0.1), gain([0.1, 0.2], 0.1), gain([0.3, 0.3], 0.2))
-    for row in earlier["families"]["conditional_detr"]["rows"]:
-        row["gain"]["seeds"] = 2  # as written: the interval's dict holds the seed count there
-    # Tables gone: no interval for "all" (same runs) nor "ld" (its runs changed); "fd" has its own.
-    rebuilt = report.keep_earlier_numbers(
-        summary({}, gain([0.1, 0.2]), gain([0.1, 0.25]), gain([0.3, 0.3], 0.25)), earlier)
-    section = rebuilt["families"]["conditional_detr"]
-    rows = {row["key"]: row["gain"] for row in section["rows"]}
-    assert rows["all"]["low"] == 0.1 and rows["all"]["carried_over"]
-    assert rows["ld"]["low"] is None and "carried_over" not in rows["ld"]
-    assert rows["fd"]["low"] == 0.25 and "carried_over" not in rows["fd"]
-    assert section["teacher"]["eval"]["AP"] == 0.5 and section["teacher"]["eval"]["carried_over"]
-    assert report._gain_text(rows["all"]).endswith("†") and not report._gain_text(rows["fd"]).endswith("†")

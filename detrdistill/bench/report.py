@@ -20,6 +20,8 @@ from detrdistill.bench.bootstrap import check_same_images, load_ap_table, paired
 from detrdistill.bench.plan import AP_TABLE, SuitePlan, run_name, same_time_variant
 from detrdistill.bench.suites import SAME_TIME, Target, Variant
 from detrdistill.evaluate import AP_KEYS
+from detrdistill.models.build import resolve_model_dir
+from detrdistill.runs import model_digest
 
 BOOTSTRAP_SEED = 0
 
@@ -134,6 +136,38 @@ def check_target(target: Target, rows: dict[str, list[dict]], labels: dict[str, 
     return {"met": met, "detail": "; ".join(details)}
 
 
+class MixedTeachersError(ValueError):
+    """A family's result records were distilled from more than one teacher."""
+
+
+def one_teacher(plan: SuitePlan, family: str, rows: dict[str, list[dict]]) -> tuple[str | None, dict]:
+    """The weights digest and evaluation of the one teacher behind ``family``'s distilled records.
+
+    Records name their teacher by a digest of its weights; two digests in one family, or
+    records of another teacher than the one now in the teacher directory, are refused, so a
+    page never puts one teacher's students beside another's (or under its teacher row).
+    Records from before digests were kept (none) fall back to the teacher directory's eval.json.
+    """
+    distilled = [r for runs in rows.values() for r in runs if r.get("distilled")]
+    by_digest: dict[str, list[str]] = {}
+    for record in distilled:
+        if record.get("teacher_digest"):
+            by_digest.setdefault(record["teacher_digest"], []).append(f"{record['variant']} seed {record['seed']}")
+    teacher_dir = plan.teachers[family]
+    now = model_digest(teacher_dir) if list(resolve_model_dir(teacher_dir).glob("*.safetensors")) else None
+    if len(by_digest) > 1 or (now and by_digest and now not in by_digest):
+        found = "; ".join(f"teacher {d}: {', '.join(names)}" for d, names in by_digest.items())
+        raise MixedTeachersError(
+            f"{plan.results_dir}: {family}'s records come from other teachers than one ({found}; the teacher in "
+            f"{teacher_dir} is {now or 'absent'}). Rerun the suite (runs of a changed teacher are new runs) or delete "
+            "the records of the stale teacher.")
+    recorded = [r["teacher_eval"] for r in distilled if r.get("teacher_eval")]
+    if recorded:
+        return next(iter(by_digest), None), recorded[0]
+    teacher_eval = teacher_dir / "eval.json"
+    return next(iter(by_digest), None), json.loads(teacher_eval.read_text()) if teacher_eval.is_file() else {}
+
+
 def build_summary(plan: SuitePlan, resamples: int = 1000) -> dict:
     """Everything the page shows, as plain data (written to RESULTS/<suite>.json)."""
     suite = plan.suite
@@ -149,9 +183,9 @@ def build_summary(plan: SuitePlan, resamples: int = 1000) -> dict:
         variants: list[Variant] = [*plan.variants(), same_time]
         labels = {v.key: v.label for v in [*suite.variants, same_time]}  # rows left out by --quick too
         section = {"steps": plan.steps(family), "eval_every": plan.eval_every(family), "teacher": None, "rows": []}
-        teacher_eval = plan.teachers[family] / "eval.json"
+        digest, teacher = one_teacher(plan, family, rows)
+        section["teacher_digest"] = digest
         if suite.show_teacher:
-            teacher = json.loads(teacher_eval.read_text()) if teacher_eval.is_file() else {}
             section["teacher"] = {"dir": str(plan.teachers[family]), "eval": teacher,
                                   "paper": suite.paper_teacher.get(family, suite.paper_teacher.get("*"))}
         for variant in variants:
@@ -191,54 +225,6 @@ def shared_core_runs(rows: dict[str, list[dict]]) -> list[str]:
     return shared
 
 
-def _same_runs(gain: dict, earlier: dict | None) -> bool:
-    """Whether ``earlier`` was computed from the same per-seed gains as ``gain`` (seed by seed).
-
-    The per-seed gains, not ``seeds``: an interval's dict holds the seed count there."""
-    if not earlier or len(earlier.get("per_seed", [])) != len(gain["per_seed"]):
-        return False
-    return all(math.isclose(a, b, abs_tol=1e-12) for a, b in zip(earlier["per_seed"], gain["per_seed"], strict=True))
-
-
-def _any_carried(summary: dict) -> bool:
-    for section in summary["families"].values():
-        gains = [row["gain"] for row in section["rows"]] + [section["equal_time"]]
-        teacher = section["teacher"] or {"eval": {}}
-        if any(g and g.get("carried_over") for g in gains) or teacher["eval"].get("carried_over"):
-            return True
-    return False
-
-
-def _carried(gain: dict | None, earlier: dict | None) -> dict | None:
-    """``gain`` with the earlier build's interval when it has none of its own and the runs are the same."""
-    if not gain or gain.get("low") is not None or not _same_runs(gain, earlier) or earlier.get("low") is None:
-        return gain
-    return {**earlier, "note": "interval from the page's previous build (the runs' AP tables are gone)",
-            "carried_over": True}
-
-
-def keep_earlier_numbers(summary: dict, earlier: dict) -> dict:
-    """Fill what this build cannot compute from the page's previous build (its .json), in place.
-
-    Bootstrap intervals need each run's AP table and the teacher row its eval.json, both in
-    run directories; when those were deleted (a fresh checkout, a cleaned runs/), the same
-    runs' numbers from the previous build are kept rather than dropped. An interval is kept
-    only for the same per-seed gains; a teacher's evaluation only for the same directory.
-    """
-    for family, section in summary["families"].items():
-        before = earlier.get("families", {}).get(family)
-        if not before:
-            continue
-        rows_before = {row["key"]: row for row in before["rows"]}
-        for row in section["rows"]:
-            row["gain"] = _carried(row["gain"], rows_before.get(row["key"], {}).get("gain"))
-        section["equal_time"] = _carried(section["equal_time"], before.get("equal_time"))
-        teacher, teacher_before = section["teacher"], before.get("teacher")
-        if teacher is not None and not teacher["eval"] and teacher_before and teacher_before["dir"] == teacher["dir"]:
-            teacher["eval"] = {**teacher_before["eval"], "carried_over": True}
-    return summary
-
-
 def checkpoints_over_seeds(runs: list[dict]) -> list[dict]:
     """Mean over seeds of AP, and median of training time, at each checkpoint step that every seed reached.
 
@@ -274,7 +260,7 @@ def _gain_text(gain: dict | None) -> str:
         return ""
     text = _points(gain["gain"])
     if gain.get("low") is not None:
-        text += f" [{_points(gain['low'])}, {_points(gain['high'])}]{'†' if gain.get('carried_over') else ''}"
+        text += f" [{_points(gain['low'])}, {_points(gain['high'])}]"
     return text
 
 
@@ -309,7 +295,8 @@ def render_markdown(summary: dict, plan: SuitePlan) -> str:
             t = teacher["eval"]
             paper = "-" if teacher["paper"] is None else f"{teacher['paper']:.1f}"
             cells = [_ap(t.get(k)) for k in AP_KEYS]
-            lines.append(f"| teacher (`{teacher['dir']}`, 1 run){'†' if t.get('carried_over') else ''} | "
+            weights = f", weights {section['teacher_digest']}" if section.get("teacher_digest") else ""
+            lines.append(f"| teacher (`{teacher['dir']}`, 1 run{weights}) | "
                          + " | ".join(cells) +
                          f" | {t.get('steps', '-')} | {t.get('step_ms', '-')} | | {paper} |")
         labels = {row["key"]: row["label"] for row in section["rows"]}
@@ -338,10 +325,6 @@ def render_markdown(summary: dict, plan: SuitePlan) -> str:
             for row in section["rows"]:
                 at = {p["step"]: p["AP"] for p in row["checkpoints"]}
                 lines.append(f"| {row['label']} | " + " | ".join(_ap(at.get(s)) for s in steps) + " |")
-    if _any_carried(summary):
-        lines += ["", "† From this page's previous build: the run directories behind it (AP tables, the teacher's "
-                  "eval.json) are gone, and the same runs' numbers were kept (runs matched by their per-seed gains; "
-                  "the teacher by its directory)."]
     if summary.get("shared_cores"):
         lines += ["", "**Warning: these runs shared the cores with other busy processes**, so their step times, "
                   "and the equal-time student's steps derived from them, are not their own (two torch processes on "
@@ -372,8 +355,7 @@ def write_report(plan: SuitePlan, resamples: int = 1000) -> Path:
     from detrdistill.bench.plot import plot_summary
 
     base = plan.results / plan.result_name
-    earlier = json.loads(base.with_suffix(".json").read_text()) if base.with_suffix(".json").is_file() else {}
-    summary = keep_earlier_numbers(build_summary(plan, resamples), earlier)
+    summary = build_summary(plan, resamples)
     plan.results.mkdir(parents=True, exist_ok=True)
     base.with_suffix(".json").write_text(json.dumps(_finite(summary), indent=2))
     base.with_suffix(".md").write_text(render_markdown(summary, plan))

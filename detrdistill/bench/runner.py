@@ -17,7 +17,6 @@ per-image matching the bootstrap needs (``AP_TABLE``).
 
 from __future__ import annotations
 
-import copy
 import gzip
 import hashlib
 import json
@@ -54,10 +53,9 @@ from detrdistill.bench.suites import (
 from detrdistill.config import RunConfig, config_to_dict, load_config
 from detrdistill.inference import predict
 from detrdistill.models.build import load_detector
-from detrdistill.training.checkpoint import CHECKPOINT_NAME
+from detrdistill.runs import model_digest, train_or_reuse
 from detrdistill.training.machine_load import read_machine_load
 from detrdistill.training.prepare import load_datasets
-from detrdistill.training.run import run_training
 
 # `detrdistill bench cost` runs the lead's cost benchmark from the source checkout.
 COST_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "cost.py"
@@ -69,15 +67,11 @@ SPEED_ONLY_DATA_SETTINGS = ("cache_mb", "check_files")
 LATER_DATA_SETTINGS = {"allow_files_outside_root": False}
 # Train settings that only add records to metrics.jsonl, never change the trained weights.
 RECORD_ONLY_TRAIN_SETTINGS = ("grad_diagnostic_every",)
-# Settings added after runs were recorded, left out of the digest at their default (the
-# behaviour before they existed), so those runs stay reusable: (section, subsection, key) -> default.
-LATER_SETTINGS = {("distill", "logits", "normalise"): "per_term",
-                  ("distill", "features", "temperature"): 1.0}
 
 
 def config_digest(config: RunConfig, teacher_dir: Path | None) -> str:
     """Identifies a run across suites: the resolved config without the seed and the settings
-    that change speed but not results, plus the teacher."""
+    that change speed but not results, plus the teacher's weights (``runs.model_digest``)."""
     values = config_to_dict(config)
     values["train"].pop("seed")
     for speed_only in SPEED_ONLY_DATA_SETTINGS:
@@ -87,16 +81,11 @@ def config_digest(config: RunConfig, teacher_dir: Path | None) -> str:
     for key, default in LATER_DATA_SETTINGS.items():
         if values["data"][key] == default:
             values["data"].pop(key)
-    for (section, subsection, key), default in LATER_SETTINGS.items():
-        if values[section][subsection][key] == default:
-            values[section][subsection].pop(key)
     if teacher_dir is None:
         values.pop("distill")  # an undistilled run never reads it
     else:
-        # A teacher retrained in the same directory has another eval.json: its students are new runs.
-        teacher_eval = Path(teacher_dir) / "eval.json"
-        version = hashlib.sha1(teacher_eval.read_bytes()).hexdigest()[:8] if teacher_eval.is_file() else "no-eval"
-        values["distill"]["teacher"] = f"{Path(teacher_dir).resolve()}@{version}"
+        # The teacher by its weights, not its directory: a retrained teacher makes new runs.
+        values["distill"]["teacher"] = f"weights:{model_digest(teacher_dir)}"
     return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -127,21 +116,8 @@ def ensure_teacher(suite: Suite, family: str, presets: Mapping[str, FamilyPreset
     config = apply_overrides(load_config(preset), overrides, where=f"suite {suite.name}, {family} teacher")
     print(f"[bench] {family}: training the teacher {preset}{' with ' + str(overrides) if overrides else ''} "
           f"into {teacher_dir}")
-    run_training(config, data, teacher_dir, resume=(teacher_dir / CHECKPOINT_NAME).is_file(), progress=progress)
+    train_or_reuse(config, data, teacher_dir, progress=progress)
     return teacher_dir
-
-
-def train_or_reuse(run: PlannedRun, run_dir: Path, data: Path, progress: bool = True) -> dict:
-    """eval.json of ``run``: read if finished, else trained (resumed from a checkpoint if one exists)."""
-    eval_file = run_dir / "eval.json"
-    if eval_file.is_file():
-        print(f"[bench] {run.name}: reusing the finished run in {run_dir}")
-        return json.loads(eval_file.read_text())
-    resume = (run_dir / CHECKPOINT_NAME).is_file()
-    print(f"[bench] {run.name}: {'resuming' if resume else 'training'} {run.config.train.steps} steps in {run_dir}"
-          f"{' from teacher ' + str(run.teacher_dir) if run.teacher_dir else ''}")
-    return run_training(copy.deepcopy(run.config), data, run_dir, teacher=run.teacher_dir, resume=resume,
-                        progress=progress)
 
 
 def save_predictions(run_dir: Path, config: RunConfig, data: Path, progress: bool = True) -> float:
@@ -176,6 +152,12 @@ def read_checkpoints(run_dir: Path) -> list[dict]:
             if (e["step"], e["eval"].get("num_images")) != (final["step"], final["eval"].get("num_images"))]
 
 
+def _teacher_eval(teacher_dir: Path) -> dict | None:
+    """The teacher run's eval.json (None for a bare model directory without one)."""
+    eval_file = Path(teacher_dir) / "eval.json"
+    return json.loads(eval_file.read_text()) if eval_file.is_file() else None
+
+
 def run_record(plan: SuitePlan, run: PlannedRun, run_dir: Path, evaluation: dict, ap_from_predictions: float) -> dict:
     """The JSON written to RESULTS/<suite>/<run>.json."""
     verb = "distill --teacher " + shlex.quote(str(run.teacher_dir)) if run.teacher_dir else "train"
@@ -188,6 +170,9 @@ def run_record(plan: SuitePlan, run: PlannedRun, run_dir: Path, evaluation: dict
         "distilled": run.teacher_dir is not None,
         "overrides": run.overrides,
         "teacher": str(run.teacher_dir) if run.teacher_dir else None,
+        # The teacher's identity and its evaluation, so the report's teacher row is the one these students had.
+        "teacher_digest": model_digest(run.teacher_dir) if run.teacher_dir else None,
+        "teacher_eval": _teacher_eval(run.teacher_dir) if run.teacher_dir else None,
         "run_dir": str(run_dir),
         "eval": {k: v for k, v in evaluation.items() if k not in ("steps", "train_s", "step_ms")},
         "machine_load": read_machine_load(run_dir),
@@ -206,7 +191,8 @@ def run_record(plan: SuitePlan, run: PlannedRun, run_dir: Path, evaluation: dict
 def execute(plan: SuitePlan, run: PlannedRun, progress: bool = True) -> dict:
     """Train (or reuse) one run, save its predictions once, write and return its result JSON."""
     run_dir = run_dir_for(plan.runs, run)
-    evaluation = train_or_reuse(run, run_dir, plan.data, progress)
+    evaluation = train_or_reuse(run.config, plan.data, run_dir, teacher=run.teacher_dir, label=run.name,
+                                progress=progress)
     load = read_machine_load(run_dir)
     if load and load["shared"]:
         busy = ", ".join(f"{b['name']} (pid {b['pid']}, {b['core_share']:.1f} cores)" for b in load["busy_processes"])
