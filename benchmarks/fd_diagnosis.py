@@ -21,7 +21,6 @@ throughput for these small models); nothing here is timed against another run.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess
@@ -39,6 +38,7 @@ from detrdistill.data.coco import CocoDetection
 from detrdistill.data.splits import carve_split
 from detrdistill.data.transforms import build_transforms
 from detrdistill.models.build import load_detector
+from detrdistill.runs import model_digest
 
 RESULTS = Path(__file__).parent / "results"
 TRAIN_SPLIT, SELECT_SPLIT, REPORT_SPLIT = "minitrain", "minival", "val"
@@ -79,15 +79,6 @@ FOCUS_FORMS = {
 }
 
 
-def file_digest(path: Path) -> str:
-    return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12]
-
-
-def teacher_digest(teacher_dir: Path) -> str:
-    """The teacher's identity: a digest of its weights, so records of a retrained teacher never mix."""
-    return file_digest(teacher_dir / "model" / "model.safetensors")
-
-
 def record_path(family: str, key: str, seed: int) -> Path:
     return RESULTS / "fd_diagnosis" / family / f"{key}-seed{seed}.json"
 
@@ -123,7 +114,7 @@ def run_one(family: str, key: str, overrides: dict | None, seed: int, args) -> d
     record = {
         "family": family, "row": key, "seed": seed, "overrides": overrides, "steps": select["steps"],
         "step_ms": select["step_ms"], SELECT_SPLIT: _ap(select), REPORT_SPLIT: _ap(json.loads(report.read_text())),
-        "teacher": str(teacher), "teacher_digest": teacher_digest(teacher) if overrides is not None else None,
+        "teacher": str(teacher), "teacher_digest": model_digest(teacher) if overrides is not None else None,
         "gradients": summarise(gradient_lines(out)) if overrides is not None else None,
         "command": "python -m detrdistill.cli " + " ".join(command),
     }
@@ -147,7 +138,7 @@ def measure_focus(family: str, args) -> dict:
                             transforms=build_transforms(False, config.data.image_size, config.data.max_size))
     batches = [load_batch(dataset, list(range(start, start + 16))) for start in range(0, 64, 16)]
     results = mask_focus(load_detector(teacher_dir), batches, FOCUS_FORMS, config.loss)
-    return {"teacher_digest": teacher_digest(teacher_dir), "forms": results}
+    return {"teacher_digest": model_digest(teacher_dir), "forms": results}
 
 
 def _mean_std(values: list[float]) -> str:
@@ -280,7 +271,7 @@ def family_section(family: str, records: list[dict], focus: dict | None) -> list
 def write_page(families: list[str], focus: dict[str, dict], args) -> None:
     records, stale = {}, []
     for family in families:
-        digest = teacher_digest(args.teachers / Path(FAMILY_PRESETS[family].teacher).stem)
+        digest = model_digest(args.teachers / Path(FAMILY_PRESETS[family].teacher).stem)
         records[family] = []
         for path in sorted((RESULTS / "fd_diagnosis" / family).glob("*.json")):
             record = json.loads(path.read_text())
@@ -343,7 +334,7 @@ def main() -> None:
     focus_file = RESULTS / "fd_diagnosis_focus.json"
     focus = json.loads(focus_file.read_text()) if focus_file.is_file() else {}
     for family in args.families:
-        digest = teacher_digest(args.teachers / Path(FAMILY_PRESETS[family].teacher).stem)
+        digest = model_digest(args.teachers / Path(FAMILY_PRESETS[family].teacher).stem)
         if focus.get(family, {}).get("teacher_digest") != digest and not args.report_only:
             focus[family] = measure_focus(family, args)
             focus_file.write_text(json.dumps(focus, indent=2))
