@@ -198,7 +198,7 @@ def cmd_bench(args) -> None:
     seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
     run_suite(SUITES[args.suite], args.data, args.runs, args.results, seeds=seeds, quick=args.quick,
               families=args.families, teachers=args.teachers, report_only=args.report_only,
-              resamples=args.resamples, rows=args.rows)
+              resamples=args.resamples, rows=args.rows, settings=parse_set_options(args.overrides))
 
 
 def cmd_show_config(args) -> None:
@@ -311,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--report-only", action="store_true", help="rebuild the report from finished runs, train nothing")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the val images")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="set a field of every row's student preset before the row's own overrides, e.g. "
+                        "--set distill.features.features=encoder_input (YAML value; repeatable); the page is named "
+                        "SUITE..._set-KEY=VALUE")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("show-config", help="print a preset or YAML with every default filled in")

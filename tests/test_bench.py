@@ -11,7 +11,7 @@ from detrdistill import runs as runs_module
 from detrdistill.bench import runner
 from detrdistill.bench.bootstrap import ap_table, paired_gain, resample_counts, resampled_aps, weighted_ap
 from detrdistill.bench.overrides import apply_overrides
-from detrdistill.bench.plan import same_time_steps
+from detrdistill.bench.plan import make_plan, planned_runs, same_time_steps, suite_command
 from detrdistill.bench.report import MixedTeachersError, check_target, checkpoints_over_seeds
 from detrdistill.bench.runner import config_digest, run_suite
 from detrdistill.bench.suites import (
@@ -263,6 +263,27 @@ def test_config_digest_follows_the_teachers_weights_not_its_directory(tmp_path):
         config_digest(config, tmp_path / "empty")
 
 
+def test_bench_settings_apply_to_every_row_under_its_own_overrides_and_name_the_page(tmp_path):
+    presets = _tiny_presets(tmp_path)
+    settings = {"distill.features.mask": "paper", "distill.features.temperature": 0.5}
+    plan = make_plan(TINY, ["conditional_detr"], 1, False, tmp_path, tmp_path, tmp_path,
+                     {"conditional_detr": tmp_path / "teacher"}, "cmd", presets, settings=settings)
+    runs = {run.variant.key: run.config for run in planned_runs(plan)}
+    assert runs["all"].distill.features.mask == runs["ld"].distill.features.mask == "paper"
+    assert runs["all"].distill.features.temperature == 0.5
+    assert not runs["ld"].distill.features.enabled  # the row's own override still holds
+    assert plan.result_name == "tiny_set-distill.features.mask=paper_set-distill.features.temperature=0.5"
+    command = suite_command("tiny", 1, False, tmp_path, tmp_path, None, Path("runs/presets"),
+                            Path("benchmarks/results"), None, settings)
+    assert command.endswith("--set distill.features.mask=paper --set distill.features.temperature=0.5")
+    with pytest.raises(ConfigError, match=r"--set \['train.steps'\]: a suite sets"):
+        make_plan(TINY, ["conditional_detr"], 1, False, tmp_path, tmp_path, tmp_path, {}, "cmd", presets,
+                  settings={"train.steps": 9})
+    with pytest.raises(ConfigError, match="nope"):
+        planned_runs(make_plan(TINY, ["conditional_detr"], 1, False, tmp_path, tmp_path, tmp_path,
+                               {"conditional_detr": tmp_path}, "cmd", presets, settings={"distill.nope": 1}))
+
+
 def test_same_time_steps_fill_the_distilled_runs_training_time():
     assert same_time_steps({"train_s": 60.0}, {"step_ms": 120.0}) == 500
     assert same_time_steps({"train_s": 0.01}, {"step_ms": 120.0}) == 1
@@ -427,11 +448,15 @@ def test_cli_bench_parses_the_suite_options_and_runs_cost_through_the_cost_scrip
     assert (args.suite, args.quick, args.families, args.runs) == (
         "components", True, ["conditional_detr", "adamixer"], tmp_path)
     assert args.func is cli.cmd_bench
-    seeds_run = []
-    monkeypatch.setattr(runner, "run_suite", lambda *a, seeds, **k: seeds_run.append(seeds))
+    seeds_run, settings_run = [], []
+    monkeypatch.setattr(runner, "run_suite", lambda *a, seeds, settings, **k: (seeds_run.append(seeds),
+                                                                              settings_run.append(settings)))
     for extra in ([], ["--quick"], ["--quick", "--seeds", "2"]):
         assert cli.main(["bench", "main", "--data", str(tmp_path), *extra]) == 0
     assert seeds_run == [3, 1, 2], "--quick is one seed unless --seeds says otherwise"
+    assert cli.main(["bench", "main", "--data", str(tmp_path), "--set", "distill.features.mask=paper",
+                     "--set", "distill.features.temperature=0.5"]) == 0
+    assert settings_run == [{}, {}, {}, {"distill.features.mask": "paper", "distill.features.temperature": 0.5}]
     commands = []
     monkeypatch.setattr(cli.subprocess, "run", lambda command, check: commands.append(command))
     assert cli.main(["bench", "cost", "--data", str(tmp_path)]) == 0

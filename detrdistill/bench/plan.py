@@ -6,10 +6,14 @@ both take the plan from here, so neither imports the other's internals.
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from detrdistill.bench.overrides import apply_overrides
 from detrdistill.bench.suites import FAMILY_PRESETS, SAME_TIME, FamilyPresets, Suite, Variant
@@ -54,6 +58,7 @@ class SuitePlan:
     presets: Mapping[str, FamilyPresets]
     rows: tuple[str, ...] | None = None  # variant keys to run (None: the suite's, or its --quick subset)
     families_requested: bool = False
+    settings: Mapping[str, Any] = field(default_factory=dict)  # ``--set``: on every row's student preset
 
     @property
     def result_name(self) -> str:
@@ -62,6 +67,7 @@ class SuitePlan:
         parts += ["quick"] if self.quick else []
         parts += self.families if self.families_requested else []
         parts += ["-".join(self.rows)] if self.rows else []
+        parts += [f"set-{_file_safe(key)}={_file_safe(str(value))}" for key, value in self.settings.items()]
         return "_".join(parts)
 
     @property
@@ -80,22 +86,46 @@ class SuitePlan:
         return max(1, self.steps(family) // self.suite.checkpoints)
 
 
+def _file_safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "-", text)
+
+
+def _yaml_value(value: Any) -> str:
+    """``value`` as ``--set`` reads it back (a YAML scalar or flow collection, one line)."""
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
 def suite_command(suite: str, seeds: int, quick: bool, data: Path, runs: Path, families: list[str] | None,
-                  teachers: Path, results: Path, rows: list[str] | None = None) -> str:
+                  teachers: Path, results: Path, rows: list[str] | None = None,
+                  settings: Mapping[str, Any] | None = None) -> str:
     """The ``detrdistill bench`` command line that regenerates a suite's results."""
     parts = ["detrdistill", "bench", suite, "--seeds", str(seeds)]
     parts += ["--quick"] if quick else []
     parts += ["--data", str(data), "--runs", str(runs)]
     parts += ["--families", *families] if families else []
     parts += ["--rows", *rows] if rows else []
+    for key, value in (settings or {}).items():
+        parts += ["--set", f"{key}={_yaml_value(value)}"]
     parts += [] if teachers == Path("runs/presets") else ["--teachers", str(teachers)]
     parts += [] if results == Path("benchmarks/results") else ["--results", str(results)]
     return shlex.join(parts)
 
 
+# What the suite sets on every run itself: ``--set`` may not change it.
+SUITE_KEYS = ("train.steps", "train.minutes", "train.eval_every", "train.eval_max_images", "train.seed")
+
+
+def check_settings(settings: Mapping[str, Any]) -> None:
+    owned = [key for key in settings if key in SUITE_KEYS]
+    if owned:
+        raise ConfigError(f"--set {owned}: a suite sets {', '.join(SUITE_KEYS)} on every run itself; use --quick or "
+                          "--seeds, or train a single run with detrdistill train/distill")
+
+
 def run_overrides(plan: SuitePlan, family: str, variant: Variant, seed: int, steps: int | None = None) -> dict:
-    """The variant's overrides plus the suite's budget, checkpoints and seed."""
+    """``--set`` settings, then the variant's overrides, then the suite's budget, checkpoints and seed."""
     return {
+        **plan.settings,
         **variant.overrides,
         "train.steps": plan.steps(family) if steps is None else steps,
         "train.minutes": None,
@@ -127,9 +157,11 @@ def same_time_steps(reference_eval: dict, baseline_eval: dict) -> int:
 
 def make_plan(suite: Suite, families: list[str], seeds: int, quick: bool, data: Path, runs: Path, results: Path,
               teachers: dict[str, Path], command: str, presets: Mapping[str, FamilyPresets] = FAMILY_PRESETS,
-              rows: list[str] | None = None, families_requested: bool = False) -> SuitePlan:
+              rows: list[str] | None = None, families_requested: bool = False,
+              settings: Mapping[str, Any] | None = None) -> SuitePlan:
+    check_settings(settings or {})
     return SuitePlan(suite, families, list(range(seeds)), quick, Path(data), Path(runs), Path(results), teachers,
-                     command, presets, tuple(rows) if rows else None, families_requested)
+                     command, presets, tuple(rows) if rows else None, families_requested, dict(settings or {}))
 
 
 def check_rows(suite: Suite, rows: list[str] | None) -> None:

@@ -23,6 +23,7 @@ import json
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -213,18 +214,22 @@ def run_suite(
     suite: Suite, data: Path, runs: Path, results: Path, seeds: int = 3, quick: bool = False,
     families: list[str] | None = None, teachers: Path = Path("runs/presets"), command: str | None = None,
     presets: Mapping[str, FamilyPresets] = FAMILY_PRESETS, progress: bool = True, report_only: bool = False,
-    resamples: int = 1000, rows: list[str] | None = None,
+    resamples: int = 1000, rows: list[str] | None = None, settings: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Run ``suite`` (resuming what exists) and write its report; return the report's path."""
+    """Run ``suite`` (resuming what exists) and write its report; return the report's path.
+
+    ``settings`` (``--set``) are set on every row's student preset before the row's own
+    overrides; the page is named after them, so it never overwrites the suite's own page."""
     from detrdistill.bench.report import write_report  # report.py reads plans: imported here, not at the top
 
     check_suite(suite)
     check_rows(suite, rows)
     chosen = suite_families(suite, families, quick, presets)
-    command = command or suite_command(suite.name, seeds, quick, data, runs, families, teachers, results, rows)
+    command = command or suite_command(suite.name, seeds, quick, data, runs, families, teachers, results, rows,
+                                       settings)
     teacher_dirs = {family: teacher_dir_for(suite, family, presets, teachers, quick) for family in chosen}
     plan = make_plan(suite, chosen, seeds, quick, data, runs, results, teacher_dirs, command, presets, rows,
-                     families_requested=bool(families))
+                     families_requested=bool(families), settings=settings)
     needs_teacher = suite.show_teacher or any(v.distilled for v in plan.variants())
     runs_to_do = planned_runs(plan)  # validates every row's overrides before anything trains
     if not report_only:
