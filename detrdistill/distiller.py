@@ -13,7 +13,7 @@ from torch import nn
 
 from detrdistill.config import ConfigError, RunConfig
 from detrdistill.losses.assignment import AssignmentDistillation
-from detrdistill.losses.baselines import build_baseline
+from detrdistill.losses.baselines import baseline_terms, build_baseline
 from detrdistill.losses.detection import DetectionLoss
 from detrdistill.losses.features import FeatureDistillation, class_scores
 from detrdistill.losses.logits import LogitsDistillation, stage_mapping
@@ -131,14 +131,8 @@ class DETRDistillObjective:
             with torch.no_grad():
                 scores = class_scores(teacher.logits[-1], self.teacher_adapter.class_head)
                 query_weights = features.query_weights(scores, teacher.boxes_cxcywh[-1], targets, teacher_gt[-1])
-            use_input = cfg.features.features == "encoder_input"
-            terms["fd"] = cfg.lambda_fd * features(
-                student.encoder_inputs if use_input else student.features,
-                teacher.encoder_inputs if use_input else teacher.features,
-                teacher.feature_masks,
-                teacher.decoder_hidden[-1],
-                query_weights,
-            )
+            feature_terms = features(student, teacher, query_weights)
+            terms.update({name: cfg.lambda_fd * value for name, value in feature_terms.items()})
 
         if cfg.assignment.enabled:
             stage_map = stage_mapping(student.num_stages, teacher.num_stages, progressive=True)
@@ -147,12 +141,6 @@ class DETRDistillObjective:
             )
             terms.update({name: cfg.lambda_ad * value for name, value in assignment_terms.items()})
 
-        if self.heads.baseline is not None:  # a comparison baseline (losses/baselines/), kd_<method>
-            use_input = cfg.baseline.features == "encoder_input"
-            terms[f"kd_{cfg.baseline.method}"] = cfg.baseline.resolved_weight() * self.heads.baseline(
-                student.encoder_inputs if use_input else student.features,
-                teacher.encoder_inputs if use_input else teacher.features,
-                student.feature_masks,
-                targets,
-            )
+        if self.heads.baseline is not None:  # a comparison baseline (losses/baselines/)
+            terms.update(baseline_terms(self.heads.baseline, cfg.baseline, student, teacher, targets))
         return terms

@@ -162,6 +162,10 @@ def test_fgd_terms_by_hand_and_zero_for_equal_maps():
     total = loss([student], [teacher], [valid], targets)
     expected = 1e-3 * terms["fg"] + 1e-3 * terms["mask"] + 5e-6 * terms["rela"]
     assert total.item() == pytest.approx(expected.item())
+    parts = loss.parts([student], [teacher], [valid], targets)
+    assert {name: v.item() for name, v in parts.items()} == pytest.approx(
+        {"fg": 1e-3 * terms["fg"].item(), "bg": 0.0, "mask": 1e-3 * terms["mask"].item(),
+         "rela": 5e-6 * terms["rela"].item()})
     assert all(v.item() == 0.0 for v in loss.level_terms(0, teacher, teacher, valid, targets).values())
 
 
@@ -250,9 +254,12 @@ def test_each_baseline_trains_student_and_heads_not_the_teacher(method, pair):
     objective = DETRDistillObjective(student, teacher, baseline_config(method))
     assert sum(p.numel() for p in objective.heads.baseline.parameters()) > 0
     terms = objective(tiny_batch())
-    assert set(terms) == {"det_cls", "det_bbox", "det_giou", f"kd_{method}"}
-    assert torch.isfinite(terms[f"kd_{method}"]) and terms[f"kd_{method}"].item() > 0
-    terms[f"kd_{method}"].backward()
+    # FGD's four parts are logged apart; every other baseline is one term.
+    kd_names = [f"kd_fgd_{part}" for part in ("fg", "bg", "mask", "rela")] if method == "fgd" else [f"kd_{method}"]
+    assert set(terms) == {"det_cls", "det_bbox", "det_giou", *kd_names}
+    kd = sum(terms[name] for name in kd_names)
+    assert torch.isfinite(kd) and kd.item() > 0
+    kd.backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert all(p.grad is not None for p in objective.heads.baseline.parameters())
     encoder_grads = [p.grad for n, p in student.named_parameters() if ".encoder." in n]
@@ -280,6 +287,6 @@ def test_baseline_runs_beside_detrdistill_and_is_checkpointed_with_the_heads():
     config.distill.baseline = BaselineKDConfig(method="fgd")
     objective = DETRDistillObjective(student, teacher, config)
     terms = objective(tiny_batch())
-    assert {"fd", "ld_pos_cls", "ad_cls", "kd_fgd"} <= set(terms)
+    assert {"fd", "ld_pos_cls", "ad_cls", "kd_fgd_fg", "kd_fgd_bg", "kd_fgd_mask", "kd_fgd_rela"} <= set(terms)
     assert all(torch.isfinite(v) for v in terms.values())
     assert any(key.startswith("baseline.levels.0.teacher_context") for key in objective.heads.state_dict())

@@ -1,6 +1,7 @@
 """Target-aware feature distillation: masks, quality scores, the loss, level pairing."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -63,9 +64,9 @@ def test_loss_is_zero_for_equal_features_and_positive_otherwise(mask):
     features, valid, queries = _scene()
     distillation = FeatureDistillation(FeatureDistillConfig(mask=mask), DIM, DIM, num_student_levels=1)
     weights = torch.tensor([[0.8, 0.1]])
-    assert distillation([features], [features], [valid], queries, weights).item() == 0.0
+    assert distillation.loss([features], [features], [valid], queries, weights).item() == 0.0
     student = (features + 0.5).requires_grad_()
-    loss = distillation([student], [features], [valid], queries, weights)
+    loss = distillation.loss([student], [features], [valid], queries, weights)
     loss.backward()
     assert loss.item() > 0 and student.grad.abs().sum() > 0
     assert student.grad[0, :, :, 7].abs().sum() == 0  # padding carries no loss
@@ -79,10 +80,10 @@ def test_quality_weighting_ignores_zero_quality_queries_and_vanilla_does_not():
     zero_q0 = torch.tensor([[0.0, 1.0]])
     quality = FeatureDistillation(FeatureDistillConfig(mask="quality"), DIM, DIM, 1)
     vanilla = FeatureDistillation(FeatureDistillConfig(mask="vanilla"), DIM, DIM, 1)
-    ignored = quality([student], [features], [valid], queries, zero_q0).item()
-    attended = quality([student], [features], [valid], queries, torch.tensor([[1.0, 0.0]])).item()
+    ignored = quality.loss([student], [features], [valid], queries, zero_q0).item()
+    attended = quality.loss([student], [features], [valid], queries, torch.tensor([[1.0, 0.0]])).item()
     assert attended > 30 * ignored  # query 1 spreads its weight evenly, object included
-    assert vanilla([student], [features], [valid], queries, None).item() > 10 * ignored
+    assert vanilla.loss([student], [features], [valid], queries, None).item() > 10 * ignored
 
 
 def test_projection_when_widths_differ_and_levels_pair_by_size():
@@ -92,7 +93,7 @@ def test_projection_when_widths_differ_and_levels_pair_by_size():
     assert pair_levels([(8, 8), (4, 4), (2, 2)], [(8, 8)]) == [0, 0, 0]
     features, valid, queries = _scene()
     students = [torch.randn(1, 8, 8, 8), torch.randn(1, 8, 4, 4)]
-    loss = distillation(students, [features], [valid], queries, torch.ones(1, 2))
+    loss = distillation.loss(students, [features], [valid], queries, torch.ones(1, 2))
     loss.backward()
     assert all(p.grad is not None for p in distillation.parameters())
 
@@ -120,9 +121,9 @@ def test_paper_mask_is_eq6_dot_product_squared_in_eq8_by_hand():
     # w(p) = mean_i q_i psi_i(p)^2 = (0.5 * 4 / 2, 1.0 * 4 / 2) = (1, 2);
     # L = sum_p w(p) ||diff(p)||^2 / (d H W) = (1 * 2 + 2 * 9) / (2 * 2) = 5.
     paper = FeatureDistillation(FeatureDistillConfig(mask="paper"), 2, 2, 1)
-    assert paper([student], [teacher], [valid], queries, quality).item() == pytest.approx(5.0)
+    assert paper.loss([student], [teacher], [valid], queries, quality).item() == pytest.approx(5.0)
     # The sign of psi never matters: eq. 8 squares it.
-    assert paper([student], [teacher], [valid], -queries, quality).item() == pytest.approx(5.0)
+    assert paper.loss([student], [teacher], [valid], -queries, quality).item() == pytest.approx(5.0)
     padded = valid.clone()
     padded[0, 0, 1] = False
     assert (dot_product_masks(teacher, padded, queries)[0, :, 0, 1] == 0).all()
@@ -146,7 +147,7 @@ def test_softmax_masks_with_a_temperature_by_hand(temperature):
     vanilla_w = [((psi_0[p] + psi_1[p]) / 2) ** 2 for p in range(2)]
     for mask, weights in (("quality", quality_w), ("vanilla", vanilla_w)):
         config = FeatureDistillConfig(mask=mask, temperature=temperature)
-        loss = FeatureDistillation(config, 2, 2, 1)([student], [teacher], [valid], queries,
+        loss = FeatureDistillation(config, 2, 2, 1).loss([student], [teacher], [valid], queries,
                                                      quality if mask == "quality" else None)
         assert loss.item() == pytest.approx(sum(w * e for w, e in zip(weights, errors, strict=True)) / 4, rel=1e-6)
 
@@ -164,3 +165,27 @@ def test_bad_temperature_and_feature_source_are_clear_errors():
         FeatureDistillConfig(temperature=0.0)
     with pytest.raises(ValueError, match="distill.features.features"):
         FeatureDistillConfig(features="neck")
+
+
+@pytest.mark.parametrize("source", ["encoder_output", "encoder_input"])
+def test_fd_on_records_reads_the_configured_maps_and_names_its_term(source):
+    """forward takes the two records and returns {"fd": ...}: the loss on the encoder output
+    (``features``) or its input (``encoder_inputs``), masks from the teacher's last stage."""
+    generator = torch.Generator().manual_seed(0)
+
+    def record():
+        maps = lambda: [torch.randn(1, DIM, 4, 4, generator=generator)]  # noqa: E731
+        return SimpleNamespace(features=maps(), encoder_inputs=maps(), feature_masks=[torch.ones(1, 4, 4, dtype=bool)],
+                               decoder_hidden=torch.randn(2, 1, 3, DIM, generator=generator))
+
+    student, teacher = record(), record()
+    weights = torch.tensor([[1.0, 0.5, 0.0]])
+    distillation = FeatureDistillation(FeatureDistillConfig(features=source), DIM, DIM, 1)
+    terms = distillation(student, teacher, weights)
+    maps = "encoder_inputs" if source == "encoder_input" else "features"
+    expected = distillation.loss(getattr(student, maps), getattr(teacher, maps), teacher.feature_masks,
+                                 teacher.decoder_hidden[-1], weights)
+    other = distillation.loss(getattr(student, "features" if maps == "encoder_inputs" else "encoder_inputs"),
+                              getattr(teacher, "features" if maps == "encoder_inputs" else "encoder_inputs"),
+                              teacher.feature_masks, teacher.decoder_hidden[-1], weights)
+    assert list(terms) == ["fd"] and terms["fd"].item() == expected.item() != other.item()

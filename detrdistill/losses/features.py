@@ -40,6 +40,7 @@ from torch import nn
 from detrdistill.box_ops import box_cxcywh_to_xyxy, box_iou
 from detrdistill.config import FeatureDistillConfig
 from detrdistill.matching import MatchIndices
+from detrdistill.models.record import DetrRecord
 
 
 def class_scores(logits: torch.Tensor, class_head: str) -> torch.Tensor:
@@ -178,7 +179,21 @@ class FeatureDistillation(nn.Module):
         # sum_i q_i / M * psi_i^2: eq. 8's per-query squared masks folded into one map.
         return (query_weights[:, :, None, None] * masks**2).mean(1)
 
-    def forward(
+    def forward(self, student: DetrRecord, teacher: DetrRecord, query_weights: torch.Tensor | None
+                ) -> dict[str, torch.Tensor]:
+        """{"fd": L_featKD} between the records' maps of ``config.features`` (the encoder output,
+        or its input), the masks built from the teacher's last decoder stage; query_weights
+        [B, M] (``query_weights``). Before lambda_FD."""
+        use_input = self.config.features == "encoder_input"
+        return {"fd": self.loss(
+            student.encoder_inputs if use_input else student.features,
+            teacher.encoder_inputs if use_input else teacher.features,
+            teacher.feature_masks,
+            teacher.decoder_hidden[-1],
+            query_weights,
+        )}
+
+    def loss(
         self,
         student_features: list[torch.Tensor],
         teacher_features: list[torch.Tensor],

@@ -4,12 +4,14 @@ Each is an ``nn.Module`` with the same call,
 ``loss(student_features, teacher_features, student_valid, targets) -> scalar``, reading only
 ``DetrRecord`` maps (per level [B, D, H_l, W_l], padding masks [B, H_l, W_l]) and the batch's
 targets (boxes normalised cxcywh). Its trainable layers (adapters, generators, GcBlocks)
-live in the distiller's ``DistillHeads``. The distiller multiplies the result by
-``BaselineKDConfig.resolved_weight()`` and logs it as ``kd_<method>``.
+live in the distiller's ``DistillHeads``. ``baseline_terms`` calls it on two records and
+returns the named, weighted terms the distiller logs: ``kd_<method>``, or FGD's parts
+``kd_fgd_fg``, ``kd_fgd_bg``, ``kd_fgd_mask``, ``kd_fgd_rela``.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from detrdistill.config import BASELINE_METHODS, BaselineKDConfig, ConfigError
@@ -17,8 +19,9 @@ from detrdistill.losses.baselines.fgd import FGDLoss
 from detrdistill.losses.baselines.fgfi import FGFILoss
 from detrdistill.losses.baselines.fitnet import FitNetLoss
 from detrdistill.losses.baselines.mgd import MGDLoss
+from detrdistill.models.record import DetrRecord
 
-__all__ = ["FGDLoss", "FGFILoss", "FitNetLoss", "MGDLoss", "build_baseline"]
+__all__ = ["FGDLoss", "FGFILoss", "FitNetLoss", "MGDLoss", "baseline_terms", "build_baseline"]
 
 
 def build_baseline(
@@ -43,3 +46,16 @@ def build_baseline(
     if config.method == "fgfi":
         return FGFILoss(student_dim, teacher_dim, num_student_levels)
     return None
+
+
+def baseline_terms(loss: nn.Module, config: BaselineKDConfig, student: DetrRecord, teacher: DetrRecord,
+                   targets: list[dict]) -> dict[str, torch.Tensor]:
+    """The baseline's weighted loss terms between two records' maps of ``config.features``,
+    by name (``kd_<method>``; FGD by part, ``kd_fgd_<part>``, so its parts reach the logs)."""
+    use_input = config.features == "encoder_input"
+    maps = (student.encoder_inputs if use_input else student.features,
+            teacher.encoder_inputs if use_input else teacher.features, student.feature_masks, targets)
+    weight = config.resolved_weight()
+    if isinstance(loss, FGDLoss):
+        return {f"kd_fgd_{name}": weight * value for name, value in loss.parts(*maps).items()}
+    return {f"kd_{config.method}": weight * loss(*maps)}

@@ -140,6 +140,23 @@ class FGDLoss(nn.Module):
                      * real).sum() / batch,
         }
 
+    def parts(
+        self,
+        student_features: list[torch.Tensor],
+        teacher_features: list[torch.Tensor],
+        student_valid: list[torch.Tensor],
+        targets: list[dict],
+    ) -> dict[str, torch.Tensor]:
+        """{"fg": alpha fg, "bg": beta bg, "mask": gamma mask, "rela": lambda rela}, each summed
+        over levels (before the overall weight). student_features per level [B, D_S, H, W];
+        teacher_features per level [B, D_T, H', W']; student_valid per level [B, H, W] bool;
+        targets: the batch's labels."""
+        parts = dict.fromkeys(self.weights, student_features[0].sum() * 0.0)
+        for level, (teacher, valid) in enumerate(paired_levels(student_features, teacher_features, student_valid)):
+            terms = self.level_terms(level, student_features[level], teacher, valid, targets)
+            parts = {name: parts[name] + self.weights[name] * value for name, value in terms.items()}
+        return parts
+
     def forward(
         self,
         student_features: list[torch.Tensor],
@@ -147,11 +164,5 @@ class FGDLoss(nn.Module):
         student_valid: list[torch.Tensor],
         targets: list[dict],
     ) -> torch.Tensor:
-        """student_features per level [B, D_S, H, W]; teacher_features per level [B, D_T, H', W'];
-        student_valid per level [B, H, W] bool; targets: the batch's labels. Returns
-        sum over levels of alpha fg + beta bg + gamma mask + lambda rela (before the overall weight)."""
-        loss = student_features[0].sum() * 0.0
-        for level, (teacher, valid) in enumerate(paired_levels(student_features, teacher_features, student_valid)):
-            terms = self.level_terms(level, student_features[level], teacher, valid, targets)
-            loss = loss + sum(self.weights[name] * value for name, value in terms.items())
-        return loss
+        """The sum of ``parts``: FGD's loss before the overall weight."""
+        return sum(self.parts(student_features, teacher_features, student_valid, targets).values())
