@@ -16,12 +16,19 @@ from detrdistill.analysis.instability import (
     stage_changes,
 )
 from detrdistill.analysis.ld_matching import ld_pairs
-from detrdistill.analysis.masks import compute_masks, level_masks, mask_shares, select_queries, share_in_boxes
+from detrdistill.analysis.masks import (
+    compute_masks,
+    level_masks,
+    mask_shares,
+    plot_loss_weights,
+    select_queries,
+    share_in_boxes,
+)
 from detrdistill.analysis.query_prior import answer_teacher_queries, load_query_map
 from detrdistill.analysis.results import ap_rows, ap_table, result_files
 from detrdistill.analysis.workspace import one_epoch_config, preset_config, tiny_config
 from detrdistill.cli import main as cli_main
-from detrdistill.config import LossConfig, load_config
+from detrdistill.config import FD_MASKS, LossConfig, load_config
 from detrdistill.matching import HungarianMatcher
 from detrdistill.models.adapters import adapter_for
 from detrdistill.runs import eval_dataset, load_run, train_or_reuse
@@ -172,6 +179,14 @@ def test_compute_masks_on_a_detector(perturbed_deformable, shapes_dir, tiny_run_
         for level in range(levels):
             assert sample.query_masks[level].mean(axis=(1, 2)) == pytest.approx(np.ones(10), rel=1e-4)
             assert sample.weighted[level].mean() == pytest.approx(sample.quality.sum(), rel=1e-4)
+            # The loss's own weights, against the masks they come from (eq. 8 folded: mean_i q_i psi_i^2).
+            weights = sample.loss_weights
+            psi = sample.query_masks[level]
+            np.testing.assert_allclose(weights["quality"][level], np.mean(sample.quality[:, None, None] * psi**2, 0),
+                                       rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(weights["vanilla"][level], sample.vanilla[level] ** 2, rtol=1e-5, atol=1e-7)
+            assert weights["release"][level].max() == pytest.approx(1.0, rel=1e-5)  # squared after the max norm
+            assert (weights["paper"][level] >= 0).all()
         num_gt = len(batch["labels"][index]["boxes"])
         assert (sample.matched_gt >= 0).sum() == num_gt and len(sample.gt_boxes_xyxy) == num_gt
         assert ((sample.quality >= 0) & (sample.quality <= 1)).all()
@@ -181,7 +196,13 @@ def test_compute_masks_on_a_detector(perturbed_deformable, shapes_dir, tiny_run_
         assert len(bad) == 2 and not set(good) & set(bad)
         assert max(sample.quality[bad]) <= min(sample.quality[good])
     shares = mask_shares(samples)
-    assert set(shares) == {"vanilla", "quality-weighted"} and len(shares["vanilla"]) == levels
+    assert set(shares) == {"vanilla", "quality-weighted", *(f"loss weight, {form}" for form in FD_MASKS)}
+    assert len(shares["vanilla"]) == levels
+    paper = samples[0].loss_weights["paper"][0]
+    share = share_in_boxes(paper, samples[0].gt_boxes_xyxy, (64, 64))
+    titles = [ax.get_title() for ax in plot_loss_weights(samples[0]).axes]
+    assert f"paper, stride 16\nmean {paper.mean():.3g}, {100 * share:.0f}% in GT" in titles  # the plotted numbers
+    assert sum(title.startswith(tuple(FD_MASKS)) for title in titles) == len(FD_MASKS) * levels
     assert all(0 <= v <= 1 for values in shares.values() for v in values)
 
 
@@ -281,7 +302,7 @@ def test_figures_command_writes_every_png_from_tiny_runs(shapes_dir, tiny_run_co
                      str(tmp_path / "ad"), "--out", str(out), "--images", "2", "--is-images", "4"])
     assert code == 0
     for name in ("fig4_query_masks.png", "fig6_quality_masks.png", "fig7_instability.png", "fig_predictions.png",
-                 "fig_ld_pairs.png", "fig_teacher_queries.png"):
+                 "fig_ld_pairs.png", "fig_teacher_queries.png", "fig_fd_loss_weights.png"):
         assert (out / name).stat().st_size > 5000, name
     summary = json.loads((out / "figures.json").read_text())
     labels = [entry["label"] for entry in summary["instability"]]

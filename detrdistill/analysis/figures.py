@@ -36,7 +36,7 @@ from detrdistill.analysis.adamixer_points import (
 from detrdistill.analysis.draw import load_batch, pick_images
 from detrdistill.analysis.instability import InstabilityResult, instability
 from detrdistill.analysis.ld_matching import ld_pairs, plot_ld_pairs
-from detrdistill.analysis.masks import compute_masks, plot_level_masks, plot_query_masks
+from detrdistill.analysis.masks import compute_masks, plot_level_masks, plot_loss_weights, plot_query_masks
 from detrdistill.analysis.predictions import detect, plot_detections
 from detrdistill.analysis.query_prior import (
     answer_teacher_queries,
@@ -50,6 +50,7 @@ from detrdistill.runs import eval_dataset, is_finished, load_run
 
 DPI = 90  # small enough to commit, large enough for the 128 px images
 FIG4, FIG6, FIG7 = "fig4_query_masks.png", "fig6_quality_masks.png", "fig7_instability.png"
+FIG_FD_WEIGHTS = "fig_fd_loss_weights.png"  # what each FD mask form weights, beside Fig. 6's sum q psi
 FIG_PREDICTIONS, FIG_LD, FIG_TEACHER_QUERIES = "fig_predictions.png", "fig_ld_pairs.png", "fig_teacher_queries.png"
 SUMMARY = "figures.json"
 FIG2_ADAMIXER, FIG_ADAMIXER_LEVELS = "fig2_adamixer_points.png", "fig_adamixer_levels.png"
@@ -124,6 +125,7 @@ def make_figures(
     masks = compute_masks(teacher_run.model, batch, teacher_run.config.loss, fd_config, device=device)
     written[FIG4] = save(plot_query_masks(masks, names), out_dir / FIG4)
     written[FIG6] = save(plot_level_masks(masks[:2], names), out_dir / FIG6)  # two images, as the paper
+    written[FIG_FD_WEIGHTS] = save(plot_loss_weights(masks[0], names), out_dir / FIG_FD_WEIGHTS)
 
     order = [key for key in ("teacher", "student", "epoch", "ad", "distilled") if key in loaded]
     results = []

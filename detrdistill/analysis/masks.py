@@ -7,10 +7,14 @@ the queries FD uses):
                  of F^T . Q_i, mean 1 over the image
     vanilla      mean_i psi_i (eq. 6, every query equal; Table 2's weak baseline)
     weighted     sum_i q_i psi_i (Fig. 6), q_i = c_i^0.5 IoU_i^0.5 the quality score (eq. 7)
+    loss_weights the per-pixel weight each FD mask form puts on the squared feature error,
+                 from the loss's own ``FeatureDistillation.weight_maps``: mean_i q_i psi_i^2
+                 for ``quality`` and ``paper`` (psi the raw dot product there), (mean_i psi_i)^2
+                 for ``vanilla``, the cosine release mask squared for ``release``
 
 The maths is the loss's own (``losses/features.py``); this module only collects it per
-image. (The loss itself weights the squared error by sum_i q_i psi_i^2 / M, eq. 8 folded into
-one map; the pictures show the paper's Fig. 6 quantity.)
+image. Fig. 6 shows sum_i q_i psi_i; what training weights is ``loss_weights``, drawn by
+``plot_loss_weights``.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from detrdistill.analysis.draw import batch_image, draw_boxes, new_figure, show_image, to_pixels_xyxy
-from detrdistill.config import FeatureDistillConfig, LossConfig
-from detrdistill.losses.features import class_scores, matched_iou, quality_scores, query_masks
+from detrdistill.config import FD_MASKS, FeatureDistillConfig, LossConfig
+from detrdistill.losses.features import FeatureDistillation, class_scores, matched_iou, quality_scores, query_masks
 from detrdistill.matching import HungarianMatcher
 from detrdistill.models.adapters import adapter_for
 
@@ -71,6 +75,7 @@ class ImageMasks:
     query_masks: list[np.ndarray]
     vanilla: list[np.ndarray]
     weighted: list[np.ndarray]
+    loss_weights: dict[str, list[np.ndarray]]  # FD mask form -> per level [H_l, W_l]
 
     @property
     def num_levels(self) -> int:
@@ -111,6 +116,8 @@ def compute_masks(
     queries = record.decoder_hidden[-1].float().cpu()
     levels = [level_masks(m.float().cpu(), v.cpu(), queries, quality) for m, v in zip(maps, record.feature_masks,
                                                                                         strict=True)]
+    loss_weights = {form: [w.cpu() for w in _loss_weights(form, features, maps, record.feature_masks, queries, scores,
+                                                           boxes, targets, matches)] for form in FD_MASKS}
     labels = logits[..., : adapter.num_classes].argmax(-1)
     result = []
     for image in range(len(targets)):
@@ -130,8 +137,21 @@ def compute_masks(
             query_masks=[q[image, :, :h, :w].numpy() for (q, _, _), (h, w) in zip(levels, crops, strict=True)],
             vanilla=[v[image, :h, :w].numpy() for (_, v, _), (h, w) in zip(levels, crops, strict=True)],
             weighted=[m[image, :h, :w].numpy() for (_, _, m), (h, w) in zip(levels, crops, strict=True)],
+            loss_weights={form: [m[image, :h, :w].numpy() for m, (h, w) in zip(per_level, crops, strict=True)]
+                          for form, per_level in loss_weights.items()},
         ))
     return result
+
+
+def _loss_weights(form: str, features: FeatureDistillConfig, maps: list[torch.Tensor], valid: list[torch.Tensor],
+                  queries: torch.Tensor, scores: torch.Tensor, boxes: torch.Tensor, targets: list[dict],
+                  matches) -> list[torch.Tensor]:
+    """Per level [B, H_l, W_l]: the weight mask form ``form`` puts on each pixel's squared
+    error, with ``features``' gamma and temperature, computed by the loss itself."""
+    config = FeatureDistillConfig(mask=form, gamma=features.gamma, temperature=features.temperature)
+    loss = FeatureDistillation(config, queries.shape[-1], queries.shape[-1], 1)
+    weights = loss.query_weights(scores, boxes, targets, matches)
+    return [loss.weight_maps(m.float().cpu(), v.cpu(), queries, weights) for m, v in zip(maps, valid, strict=True)]
 
 
 def share_in_boxes(mask: np.ndarray, boxes_xyxy: np.ndarray, image_size: tuple[int, int]) -> float:
@@ -147,14 +167,17 @@ def share_in_boxes(mask: np.ndarray, boxes_xyxy: np.ndarray, image_size: tuple[i
 
 def mask_shares(samples: list[ImageMasks]) -> dict[str, list[float]]:
     """Mean ``share_in_boxes`` over images, per level, of the vanilla and the quality-weighted
-    mask: {"vanilla": [L], "quality-weighted": [L]} (images without GT boxes left out)."""
+    mask (Fig. 6's quantities) and of each FD form's loss weight: {"vanilla": [L],
+    "quality-weighted": [L], "loss weight, <form>": [L] ...} (images without GT boxes left out)."""
     with_gt = [s for s in samples if len(s.gt_boxes_xyxy)]
     if not with_gt:
         raise ValueError("no image with ground-truth boxes: nothing to measure the mask share on")
+    kinds = {"vanilla": lambda s: s.vanilla, "quality-weighted": lambda s: s.weighted}
+    kinds |= {f"loss weight, {form}": (lambda s, form=form: s.loss_weights[form]) for form in FD_MASKS}
     return {
-        kind: [float(np.mean([share_in_boxes(getattr(s, attr)[level], s.gt_boxes_xyxy, s.image.shape[:2])
-                              for s in with_gt])) for level in range(with_gt[0].num_levels)]
-        for kind, attr in (("vanilla", "vanilla"), ("quality-weighted", "weighted"))
+        kind: [float(np.mean([share_in_boxes(maps(s)[level], s.gt_boxes_xyxy, s.image.shape[:2]) for s in with_gt]))
+               for level in range(with_gt[0].num_levels)]
+        for kind, maps in kinds.items()
     }
 
 
@@ -242,4 +265,23 @@ def plot_level_masks(samples: list[ImageMasks], names: dict | None = None):
                 overlay_mask(ax_row[1 + level], sample.image, maps[level], f"{kind}, stride {sample.stride(level)}")
     figure.suptitle("FD selection masks per feature level: mean_i psi_i (eq. 6) vs sum_i q_i psi_i (Fig. 6)",
                     fontsize=9)
+    return figure
+
+
+def plot_loss_weights(sample: ImageMasks, names: dict | None = None):
+    """What FD weights, per mask form (rows) and feature level (columns), for one image: the
+    loss's own per-pixel weight (``loss_weights``), each panel scaled to its own maximum and
+    titled with its mean weight (the loss's scale) and the share of it inside GT boxes."""
+    levels = sample.num_levels
+    figure, axes = new_figure(len(FD_MASKS), 1 + levels)
+    for row, form in enumerate(FD_MASKS):
+        show_image(axes[row, 0], sample.image, "image + GT" if row == 0 else None)
+        draw_boxes(axes[row, 0], sample.gt_boxes_xyxy, sample.gt_labels, names)
+        axes[row, 0].set_ylabel(form, fontsize=8)
+        for level in range(levels):
+            weight = sample.loss_weights[form][level]
+            share = share_in_boxes(weight, sample.gt_boxes_xyxy, sample.image.shape[:2])
+            overlay_mask(axes[row, 1 + level], sample.image, weight,
+                         f"{form}, stride {sample.stride(level)}\nmean {weight.mean():.3g}, {100 * share:.0f}% in GT")
+    figure.suptitle("FD's per-pixel loss weight by mask form (distill.features.mask)", fontsize=9)
     return figure
