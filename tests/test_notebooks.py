@@ -5,6 +5,8 @@ python, registered as the ``detrdistill`` kernelspec inside the venv when missin
 Makefile's install does the same), so a fresh clone needs nothing else.
 """
 
+import ast
+import re
 import sys
 from pathlib import Path
 
@@ -54,6 +56,53 @@ def workspace(tmp_path_factory):
     return tmp_path_factory.mktemp("notebooks")
 
 
+def _last_call(source: str) -> ast.Call | None:
+    """The cell's last statement when it is a bare call (what Jupyter displays), else None."""
+    body = ast.parse(source).body
+    last = body[-1] if body else None
+    return last.value if isinstance(last, ast.Expr) and isinstance(last.value, ast.Call) else None
+
+
+def _name(call: ast.Call) -> str:
+    return call.func.id if isinstance(call.func, ast.Name) else getattr(call.func, "attr", "")
+
+
+NUMBER_CELL = re.compile(r"\|\s*-?\d+(\.\d+)?\s*\|")
+
+
+def check_cell_output(notebook: str, index: int, cell) -> None:
+    """What a cell shows, not just that it ran: a cell ending in ``plot_*(...)`` shows a
+    picture; one ending in ``display(Markdown(...))`` shows a Markdown table, with numbers
+    when it is an AP table of runs."""
+    call = _last_call(cell.source)
+    if call is None:
+        return
+    where = f"{notebook}, cell {index}"
+    if _name(call).startswith("plot_"):
+        assert any("image/png" in o.get("data", {}) for o in cell.outputs), f"{where}: {_name(call)} drew nothing"
+    if _name(call) == "display" and call.args and isinstance(call.args[0], ast.Call) and \
+            _name(call.args[0]) == "Markdown":
+        shown = "".join(o.get("data", {}).get("text/markdown", "") for o in cell.outputs)
+        assert "|" in shown, f"{where}: the Markdown it displays is empty or has no table"
+        if "runs_table" in cell.source:
+            assert NUMBER_CELL.search(shown), f"{where}: its AP table has no numbers: {shown[:200]}"
+
+
+def test_cell_output_checks_catch_a_missing_figure_and_an_empty_table():
+    figure_cell = nbformat.v4.new_code_cell("plot_samples(val, [0])")
+    with pytest.raises(AssertionError, match="plot_samples drew nothing"):
+        check_cell_output("nb", 1, figure_cell)
+    figure_cell.outputs = [nbformat.v4.new_output("display_data", {"image/png": "iVBOR"})]
+    check_cell_output("nb", 1, figure_cell)
+    table_cell = nbformat.v4.new_code_cell("display(Markdown(finished_runs_table(runs)))")
+    empty = "| name | AP |\n|---|---|\n| a | - |"
+    table_cell.outputs = [nbformat.v4.new_output("display_data", {"text/markdown": empty})]
+    with pytest.raises(AssertionError, match="has no numbers"):
+        check_cell_output("nb", 2, table_cell)
+    table_cell.outputs = [nbformat.v4.new_output("display_data", {"text/markdown": "| name | AP |\n| a | 4.2 |"})]
+    check_cell_output("nb", 2, table_cell)
+
+
 def test_every_notebook_is_listed():
     assert [p.stem[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04", "05", "06", "07"]
 
@@ -73,7 +122,11 @@ def test_notebook_runs_at_smoke_size(notebook, workspace, monkeypatch):
     papermill.execute_notebook(str(notebook), str(out), parameters=parameters, kernel_name=ensure_kernel(),
                                cwd=str(ROOT), progress_bar=False, execution_timeout=300)
     assert out.is_file()
-    outputs = [o for cell in nbformat.read(out, as_version=4).cells if cell.cell_type == "code" for o in cell.outputs]
+    executed = nbformat.read(out, as_version=4).cells
+    for index, cell in enumerate(executed):
+        if cell.cell_type == "code":
+            check_cell_output(notebook.name, index, cell)
+    outputs = [o for cell in executed if cell.cell_type == "code" for o in cell.outputs]
     as_text = [o for o in outputs if "image/png" not in o.get("data", {})
                and o.get("data", {}).get("text/plain", "").startswith("<Figure")]
     assert not as_text, f"{notebook.name}: {len(as_text)} figure(s) shown as text, not as a picture"
