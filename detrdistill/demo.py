@@ -13,6 +13,8 @@ import json
 import time
 from pathlib import Path
 
+from detrdistill.bench.plan import same_time_steps
+from detrdistill.bench.timing import interleaved_step_ms
 from detrdistill.config import FAMILY_PRESETS, load_config
 from detrdistill.runs import ensure_shapes, runs_table, train_or_reuse
 
@@ -52,9 +54,13 @@ def compare_runs(
         "DETRDistill student", student_preset, data_dir, out_dir / "distilled", steps=student_steps,
         teacher=teacher_dir,
     )
+    # The same-time budget from step times measured together, not from the distilled run's
+    # wall clock, which any other work on the machine stretches.
+    config = load_config(student_preset)
+    measured = interleaved_step_ms({"distilled": (config, teacher_dir), "student": (config, None)}, data_dir)
     rows["student (same time)"] = preset_run(
         "student, same time", student_preset, data_dir, out_dir / "student_same_time",
-        minutes=rows["DETRDistill student"]["train_s"] / 60,
+        steps=same_time_steps(student_steps, measured["distilled"], measured["student"]),
     )
     return rows
 

@@ -285,8 +285,8 @@ def test_bench_settings_apply_to_every_row_under_its_own_overrides_and_name_the_
 
 
 def test_same_time_steps_fill_the_distilled_runs_training_time():
-    assert same_time_steps({"train_s": 60.0}, {"step_ms": 120.0}) == 500
-    assert same_time_steps({"train_s": 0.01}, {"step_ms": 120.0}) == 1
+    assert same_time_steps(500, 240.0, 120.0) == 1000
+    assert same_time_steps(1, 10.0, 120.0) == 1
 
 
 def _record(seed, ap):
@@ -362,7 +362,9 @@ def test_tiny_suite_end_to_end_then_resumes_without_redoing_finished_runs(shapes
     assert distilled["teacher_eval"] == json.loads((teachers / "tiny_teacher" / "eval.json").read_text())
     assert student["teacher_digest"] is None
     assert distilled["overrides"]["distill.assignment.enabled"] is True and distilled["overrides"]["train.steps"] == 4
-    assert same_time["steps"] == same_time_steps(distilled, student)
+    timing = same_time["equal_time_timing"]
+    assert timing["reference_ms"] > timing["baseline_ms"] > 0  # a distill step adds the teacher's forward
+    assert same_time["steps"] == same_time_steps(distilled["steps"], timing["reference_ms"], timing["baseline_ms"])
     assert [c["step"] for c in student["checkpoints"]] == [2, 4]  # eval every 4 // 2 steps
     assert all(c["num_images"] == 4 for c in student["checkpoints"])
     assert student["eval"]["num_images"] == 8

@@ -150,9 +150,10 @@ def same_time_variant(suite: Suite) -> Variant:
                    distilled=False, baseline=baseline.key)
 
 
-def same_time_steps(reference_eval: dict, baseline_eval: dict) -> int:
-    """Steps of the baseline that take the reference run's training time at the baseline's step time."""
-    return max(1, round(1000 * reference_eval["train_s"] / baseline_eval["step_ms"]))
+def same_time_steps(reference_steps: int, reference_ms: float, baseline_ms: float) -> int:
+    """Steps of the baseline that cost what ``reference_steps`` of the reference run cost, at
+    step times measured together (``timing.interleaved_step_ms``)."""
+    return max(1, round(reference_steps * reference_ms / baseline_ms))
 
 
 def make_plan(suite: Suite, families: list[str], seeds: int, quick: bool, data: Path, runs: Path, results: Path,

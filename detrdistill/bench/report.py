@@ -282,8 +282,9 @@ def render_markdown(summary: dict, plan: SuitePlan) -> str:
         f"mean over seeds, with a 95% paired bootstrap interval over val images ({summary['resamples']} resamples "
         "of the image ids, the same for both rows, seeds pooled per resample).",
         f"- Paper column, for reference only (COCO at full scale; not expected to match): {summary['paper_source']}.",
-        "- The equal-time row is the undistilled baseline trained for as many steps as fit in the DETRDistill row's "
-        "training time at the baseline's own step time (per seed).",
+        "- The equal-time row is the undistilled baseline trained for as many steps as cost what the DETRDistill "
+        "row's steps cost, by the two rows' step times measured interleaved in one process (bench/timing.py), "
+        "not by wall clocks that other work on the machine may have stretched.",
     ]
     for family, section in summary["families"].items():
         lines += ["", f"## {family}", "", f"{section['steps']} steps per run (equal-time row: more), "

@@ -51,11 +51,12 @@ from detrdistill.bench.suites import (
     check_suite,
     suite_families,
 )
+from detrdistill.bench.timing import interleaved_step_ms
 from detrdistill.config import RunConfig, config_to_dict, load_config
 from detrdistill.inference import predict
 from detrdistill.models.build import load_detector
 from detrdistill.runs import model_digest, train_or_reuse
-from detrdistill.training.machine_load import read_machine_load
+from detrdistill.training.machine_load import LoadMonitor, read_machine_load
 from detrdistill.training.prepare import load_datasets
 
 # `detrdistill bench cost` runs the lead's cost benchmark from the source checkout.
@@ -189,8 +190,9 @@ def run_record(plan: SuitePlan, run: PlannedRun, run_dir: Path, evaluation: dict
     }
 
 
-def execute(plan: SuitePlan, run: PlannedRun, progress: bool = True) -> dict:
-    """Train (or reuse) one run, save its predictions once, write and return its result JSON."""
+def execute(plan: SuitePlan, run: PlannedRun, progress: bool = True, extra: dict | None = None) -> dict:
+    """Train (or reuse) one run, save its predictions once, write and return its result JSON
+    (with ``extra`` added to it)."""
     run_dir = run_dir_for(plan.runs, run)
     evaluation = train_or_reuse(run.config, plan.data, run_dir, teacher=run.teacher_dir, label=run.name,
                                 progress=progress)
@@ -203,11 +205,35 @@ def execute(plan: SuitePlan, run: PlannedRun, progress: bool = True) -> dict:
         ap_from_predictions = load_ap_table(run_dir / AP_TABLE).ap()
     else:
         ap_from_predictions = save_predictions(run_dir, run.config, plan.data, progress)
-    record = run_record(plan, run, run_dir, evaluation, ap_from_predictions)
+    record = {**run_record(plan, run, run_dir, evaluation, ap_from_predictions), **(extra or {})}
     result_file = plan.results_dir / f"{run.name}.json"
     result_file.parent.mkdir(parents=True, exist_ok=True)
     result_file.write_text(json.dumps(record, indent=2))
     return record
+
+
+def equal_time_timing(plan: SuitePlan, family: str, reference_key: str, baseline_key: str) -> dict:
+    """The reference row's and its baseline's step times, measured together in one process
+    (``timing.py``), so the equal-time budget does not depend on what else ran beside either run.
+
+    Measured once per machine and pair of configs: kept in RUNS/<family>/ beside the runs (a
+    step time belongs to the machine), named by the two runs' digests, so a suite run again,
+    or another suite with the same rows, gives its equal-time student the same steps and
+    reuses it."""
+    runs = {key: plan_run(plan, family, plan.suite.variant(key), 0) for key in (reference_key, baseline_key)}
+    digests = [config_digest(r.config, r.teacher_dir) for r in runs.values()]
+    path = plan.runs / family / f"timing-{digests[0]}-{digests[1]}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    monitor = LoadMonitor()  # interleaving evens out load; the record still says what there was
+    measured = interleaved_step_ms({key: (r.config, r.teacher_dir) for key, r in runs.items()}, plan.data)
+    print(f"[bench] {family}: step times measured interleaved: {reference_key} {measured[reference_key]:.0f} ms, "
+          f"{baseline_key} {measured[baseline_key]:.0f} ms")
+    timing = {"reference_ms": round(measured[reference_key], 1), "baseline_ms": round(measured[baseline_key], 1),
+              "method": "interleaved in one process (bench/timing.py)", "machine_load": monitor.summary()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(timing, indent=2))
+    return timing
 
 
 def run_suite(
@@ -238,6 +264,7 @@ def run_suite(
                 ensure_teacher(suite, family, presets, teachers, plan.data, quick, progress)
         baseline_key = suite.variant(suite.reference).baseline
         finished: dict[str, dict] = {}
+        timings: dict[str, dict] = {}
         for run in runs_to_do:
             finished[run.name] = execute(plan, run, progress)
             # The equal-time student of this family and seed, as soon as its two inputs exist.
@@ -245,7 +272,10 @@ def run_suite(
             baseline = finished.get(run_name(run.family, baseline_key, run.seed))
             same_time = run_name(run.family, SAME_TIME, run.seed)
             if reference and baseline and same_time not in finished and (not rows or SAME_TIME in rows):
-                steps = same_time_steps(reference, baseline)
+                if run.family not in timings:
+                    timings[run.family] = equal_time_timing(plan, run.family, suite.reference, baseline_key)
+                timing = timings[run.family]
+                steps = same_time_steps(reference["steps"], timing["reference_ms"], timing["baseline_ms"])
                 same_time_run = plan_run(plan, run.family, same_time_variant(suite), run.seed, steps)
-                finished[same_time] = execute(plan, same_time_run, progress)
+                finished[same_time] = execute(plan, same_time_run, progress, {"equal_time_timing": timing})
     return write_report(plan, resamples=resamples)
