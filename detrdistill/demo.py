@@ -1,9 +1,10 @@
 """``make demo``: data -> teacher -> student baseline -> DETRDistill student -> one table.
 
 Rows: the teacher; the undistilled student and the DETRDistill student trained for the
-same number of steps with the same seed; and an undistilled student given the same
-wall-clock training time as the distilled one (a distill step also pays for the teacher's
-forward pass, so equal steps alone would flatter distillation). Every stage is skipped
+same number of steps with the same seed; and an undistilled student given as many steps as
+cost what the distilled one's cost, by step times measured interleaved in one process (a
+distill step also pays for the teacher's forward pass, so equal steps alone would flatter
+distillation; a wall clock would count whatever else the machine ran). Every stage is skipped
 when its run directory already holds a finished run, so a second demo reuses the teacher.
 """
 
