@@ -206,7 +206,8 @@ def build_summary(plan: SuitePlan, resamples: int = 1000) -> dict:
         reference = rows.get(suite.reference, [])
         section["equal_time"] = estimator.gain(reference, rows.get(SAME_TIME, [])) if reference else None
         same_time_runs = rows.get(SAME_TIME, [])
-        section["equal_time_interleaved"] = bool(same_time_runs) and all("equal_time_timing" in r for r in same_time_runs)
+        interleaved = [r for r in same_time_runs if "equal_time_timing" in r]
+        section["equal_time_interleaved"] = bool(same_time_runs) and len(interleaved) == len(same_time_runs)
         summary["families"][family] = section
         for target in suite.targets:
             summary["targets"].append({"family": family, "text": target.text, "source": target.source,
