@@ -20,7 +20,6 @@ from detrdistill.bench.bootstrap import check_same_images, load_ap_table, paired
 from detrdistill.bench.plan import AP_TABLE, SuitePlan, run_name, same_time_variant
 from detrdistill.bench.suites import SAME_TIME, Target, Variant
 from detrdistill.evaluate import AP_KEYS
-from detrdistill.models.build import resolve_model_dir
 from detrdistill.runs import model_digest
 
 BOOTSTRAP_SEED = 0
@@ -154,7 +153,10 @@ def one_teacher(plan: SuitePlan, family: str, rows: dict[str, list[dict]]) -> tu
         if record.get("teacher_digest"):
             by_digest.setdefault(record["teacher_digest"], []).append(f"{record['variant']} seed {record['seed']}")
     teacher_dir = plan.teachers[family]
-    now = model_digest(teacher_dir) if list(resolve_model_dir(teacher_dir).glob("*.safetensors")) else None
+    try:
+        now = model_digest(teacher_dir)
+    except FileNotFoundError:  # a report rebuilt where the teacher's run directory is gone
+        now = None
     if len(by_digest) > 1 or (now and by_digest and now not in by_digest):
         found = "; ".join(f"teacher {d}: {', '.join(names)}" for d, names in by_digest.items())
         raise MixedTeachersError(
