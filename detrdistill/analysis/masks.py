@@ -116,8 +116,8 @@ def compute_masks(
     queries = record.decoder_hidden[-1].float().cpu()
     levels = [level_masks(m.float().cpu(), v.cpu(), queries, quality) for m, v in zip(maps, record.feature_masks,
                                                                                         strict=True)]
-    loss_weights = {form: [w.cpu() for w in _loss_weights(form, features, maps, record.feature_masks, queries, scores,
-                                                           boxes, targets, matches)] for form in FD_MASKS}
+    loss_weights = {form: _loss_weights(form, features, maps, record.feature_masks, queries, scores, boxes, targets,
+                                        matches) for form in FD_MASKS}
     labels = logits[..., : adapter.num_classes].argmax(-1)
     result = []
     for image in range(len(targets)):
