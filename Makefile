@@ -17,7 +17,7 @@ EXTRAS ?= dev,notebooks
 STAMP := $(VENV)/.installed-$(EXTRAS)
 DATA ?= data/shapes
 
-.PHONY: install test demo bench lint clean-venv
+.PHONY: install test demo bench converged lint clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ figures: $(STAMP)
 SUITE ?= main
 bench: $(STAMP)
 	$(VENV)/bin/detrdistill bench $(SUITE) --data $(DATA)$(if $(QUICK), --quick)
+
+# make converged [FAMILIES="adamixer"]: the hours-long converged suite, resumable across machines:
+# its teachers live in benchmarks/teachers and every finished run is committed as it finishes.
+converged: $(STAMP)
+	$(VENV)/bin/detrdistill bench converged --data $(DATA) --teachers benchmarks/teachers --commit$(if $(FAMILIES), --families $(FAMILIES))
 
 clean-venv:
 	rm -rf $(VENV)

@@ -34,11 +34,9 @@ from detrdistill.analysis.draw import load_batch
 from detrdistill.analysis.gradients import gradient_lines, plot_gradients, summarise
 from detrdistill.analysis.mask_focus import format_focus_table, mask_focus
 from detrdistill.config import FAMILY_PRESETS, FeatureDistillConfig, load_config
-from detrdistill.data.coco import CocoDetection
 from detrdistill.data.splits import carve_split
-from detrdistill.data.transforms import build_transforms
 from detrdistill.models.build import load_detector
-from detrdistill.runs import model_digest
+from detrdistill.runs import eval_dataset, model_digest
 
 RESULTS = Path(__file__).parent / "results"
 TRAIN_SPLIT, SELECT_SPLIT, REPORT_SPLIT = "minitrain", "minival", "val"
@@ -134,8 +132,7 @@ def measure_focus(family: str, args) -> dict:
     """Target-awareness of every FD form on the family's teacher, 64 minival images."""
     teacher_dir = args.teachers / Path(FAMILY_PRESETS[family].teacher).stem
     config = load_config(teacher_dir / "config.yaml")
-    dataset = CocoDetection(args.data, SELECT_SPLIT,
-                            transforms=build_transforms(False, config.data.image_size, config.data.max_size))
+    dataset = eval_dataset(args.data, config, SELECT_SPLIT)
     batches = [load_batch(dataset, list(range(start, start + 16))) for start in range(0, 64, 16)]
     results = mask_focus(load_detector(teacher_dir), batches, FOCUS_FORMS, config.loss)
     return {"teacher_digest": model_digest(teacher_dir), "forms": results}

@@ -34,11 +34,11 @@ import torch
 import transformers
 from accelerate.utils import send_to_device
 
-from detrdistill.bench.overrides import apply_overrides
 from detrdistill.config import GPU_FAMILY_PRESETS, load_config, save_config
 from detrdistill.data.collate import collate_detection
 from detrdistill.distiller import DETRDistillObjective
 from detrdistill.models.build import build_detector
+from detrdistill.overrides import apply_overrides
 from detrdistill.precision import autocast
 from detrdistill.training.loop import DetectionObjective
 from detrdistill.training.prepare import load_datasets

@@ -52,7 +52,7 @@ def parse_set_options(options: list[str]) -> dict:
 def _config_with_overrides(args):
     """The run config: ``--config``, then ``--set`` options, then the budget, seed and split
     flags, all through the config's own checks (types, budgets) before anything is written."""
-    from detrdistill.bench.overrides import apply_overrides
+    from detrdistill.overrides import apply_overrides
 
     config = load_config(args.config)
     overrides = parse_set_options(getattr(args, "overrides", None) or [])
@@ -126,7 +126,7 @@ def cmd_eval(args) -> None:
     if args.image_size:
         overrides["data.image_size"] = args.image_size
     if overrides:
-        from detrdistill.bench.overrides import apply_overrides
+        from detrdistill.overrides import apply_overrides
 
         config = apply_overrides(config, overrides, where="command line")
     dataset = eval_dataset(args.data, config.data, args.split)
@@ -154,16 +154,17 @@ def cmd_demo(args) -> None:
 
 
 def cmd_figures(args) -> None:
-    from detrdistill.analysis.figures import make_adamixer_figures, make_figures
+    from detrdistill.analysis.figures import draw_figures, make_adamixer_figures, write_figures
 
     if (args.teacher is None) != (args.student is None) or (args.teacher is None and args.adamixer is None):
         raise ConfigError("figures: give --teacher and --student (the DETRDistill figures), --adamixer RUN "
                           "(the AdaMixer figures), or both")
     written = {}
     if args.teacher is not None:
-        written |= make_figures(args.data, args.teacher, args.student, args.out, distilled=args.distilled,
-                                epoch_run=args.epoch_run, ad_run=args.ad_run, num_images=args.images,
-                                is_images=args.is_images, split=args.split, device=args.device)
+        drawn = draw_figures(args.data, args.teacher, args.student, distilled=args.distilled,
+                             epoch_run=args.epoch_run, ad_run=args.ad_run, num_images=args.images,
+                             is_images=args.is_images, split=args.split, device=args.device)
+        written |= write_figures(drawn, args.out)
     if args.adamixer is not None:
         written |= make_adamixer_figures(args.data, args.adamixer, args.out, num_images=args.images,
                                          split=args.split)
@@ -198,7 +199,8 @@ def cmd_bench(args) -> None:
     seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
     run_suite(SUITES[args.suite], args.data, args.runs, args.results, seeds=seeds, quick=args.quick,
               families=args.families, teachers=args.teachers, report_only=args.report_only,
-              resamples=args.resamples, rows=args.rows, settings=parse_set_options(args.overrides))
+              resamples=args.resamples, rows=args.rows, settings=parse_set_options(args.overrides),
+              commit=args.commit)
 
 
 def cmd_show_config(args) -> None:
@@ -311,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--report-only", action="store_true", help="rebuild the report from finished runs, train nothing")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the val images")
+    p.add_argument("--commit", action="store_true",
+                   help="git-commit each run's result files as it finishes, and the page at the end (only those "
+                        "files: other changes are left alone), so a change of machine loses no finished run")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="set a field of every row's student preset before the row's own overrides, e.g. "
                         "--set distill.features.features=encoder_input (YAML value; repeatable); the page is named "

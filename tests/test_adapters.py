@@ -83,6 +83,15 @@ def test_record_shapes_masks_and_ranges(family, tiny_detector):
     assert record.query_embeddings.shape == (NUM_QUERIES, query_width)
     assert record.query_embeddings is adapter.learned_queries()
 
+    # The notebooks' table of the record: a line per field and level, with the shapes just checked.
+    table = record.shape_table(strides=[16, 32, 64][: len(expected_shapes)]).splitlines()
+    assert f"| logits | [K, B, Q, C] | {[NUM_STAGES, 2, NUM_QUERIES, num_columns(family)]} |" in table
+    assert f"| query_embeddings | [Q, D_q] | {[NUM_QUERIES, query_width]} |" in table
+    for level, (h, w) in enumerate(expected_shapes):
+        stride = [16, 32, 64][level]
+        assert f"| features (level {level}, stride {stride}) | [B, D, H_l, W_l] | {[2, D_MODEL, h, w]} |" in table
+    assert sum(line.startswith("| encoder_inputs") for line in table) == len(expected_shapes)
+
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_last_stage_equals_model_output(family, tiny_detector):

@@ -9,6 +9,7 @@ import torch
 
 from detrdistill.analysis.browser import MASK_KINDS, MaskBrowser
 from detrdistill.analysis.draw import load_batch, pick_images
+from detrdistill.analysis.figures import DPI, draw_figures
 from detrdistill.analysis.instability import (
     assignment_vector,
     instability,
@@ -23,7 +24,9 @@ from detrdistill.analysis.masks import (
     plot_loss_weights,
     select_queries,
     share_in_boxes,
+    upsample,
 )
+from detrdistill.analysis.predictions import detect
 from detrdistill.analysis.query_prior import answer_teacher_queries, load_query_map
 from detrdistill.analysis.results import ap_rows, ap_table, result_files
 from detrdistill.analysis.workspace import one_epoch_config, preset_config, tiny_config
@@ -290,7 +293,19 @@ def test_pick_images_prefers_two_to_three_readable_objects(shapes_dir, tiny_run_
 # ---------------------------------------------------------------- figures end to end
 
 
-def test_figures_command_writes_every_png_from_tiny_runs(shapes_dir, tiny_run_config, tmp_path):
+def _overlay(ax) -> np.ndarray:
+    """The heat map ``overlay_mask`` drew over a panel's image: its last image layer."""
+    return np.asarray(ax.images[-1].get_array())
+
+
+def _png_shape(path) -> tuple[int, int]:
+    """(height, width) of a PNG, read from its header."""
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n", path
+    return int.from_bytes(header[20:24], "big"), int.from_bytes(header[16:20], "big")
+
+
+def test_figures_command_writes_the_figures_it_draws(shapes_dir, tiny_run_config, tmp_path):
     config = tiny_run_config("deformable_detr", steps=4)
     teacher, student, distilled = tmp_path / "teacher", tmp_path / "student", tmp_path / "distilled"
     train_or_reuse(config, shapes_dir, teacher, progress=False)
@@ -301,9 +316,6 @@ def test_figures_command_writes_every_png_from_tiny_runs(shapes_dir, tiny_run_co
                      "--distilled", str(distilled), "--epoch-run", str(tmp_path / "epoch"), "--ad-run",
                      str(tmp_path / "ad"), "--out", str(out), "--images", "2", "--is-images", "4"])
     assert code == 0
-    for name in ("fig4_query_masks.png", "fig6_quality_masks.png", "fig7_instability.png", "fig_predictions.png",
-                 "fig_ld_pairs.png", "fig_teacher_queries.png", "fig_fd_loss_weights.png"):
-        assert (out / name).stat().st_size > 5000, name
     summary = json.loads((out / "figures.json").read_text())
     labels = [entry["label"] for entry in summary["instability"]]
     assert labels == ["teacher", "student", "student, 1 epoch", "student, 1 epoch + AD", "DETRDistill student"]
@@ -314,6 +326,53 @@ def test_figures_command_writes_every_png_from_tiny_runs(shapes_dir, tiny_run_co
     assert ad.config.distill.assignment.enabled and not ad.config.distill.logits.enabled
     assert ad.config.distill.teacher is not None and load_run(tmp_path / "epoch").config.distill.teacher is None
 
+    # The same runs drawn again (the one-epoch runs are finished now): what each figure plots.
+    drawn = draw_figures(shapes_dir, teacher, student, distilled, tmp_path / "epoch", tmp_path / "ad",
+                         num_images=2, is_images=4, progress=False)
+    assert drawn.summary == summary
+    assert sorted(drawn.figures) == sorted({"fig4_query_masks.png", "fig6_quality_masks.png", "fig7_instability.png",
+                                            "fig_predictions.png", "fig_ld_pairs.png", "fig_teacher_queries.png",
+                                            "fig_fd_loss_weights.png"})
+    for name, figure in drawn.figures.items():  # each file is its figure, at the figures' DPI
+        width, height = figure.get_size_inches() * DPI
+        assert _png_shape(out / name) == (round(height), round(width)), name
+
+    dataset = eval_dataset(shapes_dir, load_run(teacher).config)
+    batch = load_batch(dataset, pick_images(dataset, 2))
+    teacher_run = load_run(teacher)
+    fd_config = load_run(distilled).config.distill.features
+    masks = compute_masks(teacher_run.model, batch, teacher_run.config.loss, fd_config)
+    size = masks[0].image.shape[:2]
+
+    def scaled(mask):  # as overlay_mask scales it: to its own maximum (an all-zero mask stays zero)
+        heat = upsample(mask, size)
+        return heat / max(float(heat.max()), 1e-12)
+
+    # Fig. 4: row = image, columns after the first = the selected queries' psi_i, in order.
+    fig4 = drawn.figures["fig4_query_masks.png"].axes
+    columns = len(fig4) // 2
+    for row, sample in enumerate(masks):
+        good, bad = select_queries(sample)
+        for col, query in enumerate(good + bad, start=1):
+            np.testing.assert_allclose(_overlay(fig4[row * columns + col]), scaled(sample.query_masks[0][query]),
+                                       rtol=1e-5, atol=1e-6)
+    # FD's loss weights: row = mask form, column = level, each FD's own per-pixel weight.
+    weights = drawn.figures["fig_fd_loss_weights.png"].axes
+    levels = masks[0].num_levels
+    for row, form in enumerate(FD_MASKS):
+        for level in range(levels):
+            np.testing.assert_allclose(_overlay(weights[row * (1 + levels) + 1 + level]),
+                                       scaled(masks[0].loss_weights[form][level]), rtol=1e-5, atol=1e-6)
+    # Fig. 7: one bar series per model, its heights the IS per stage pair of figures.json.
+    bars = drawn.figures["fig7_instability.png"].axes[0].containers
+    assert [list(b.datavalues) for b in bars] == [entry["per_pair"] for entry in summary["instability"]]
+    # Detections: per panel one dashed box per GT and one box per detection kept.
+    panels = drawn.figures["fig_predictions.png"].axes
+    for row, key in enumerate((teacher, student, distilled)):
+        for col, found in enumerate(detect(load_run(key).model, batch)):
+            patches = panels[row * 2 + col].patches
+            assert len(patches) == len(batch["labels"][col]["boxes"]) + len(found.boxes_xyxy)
+
 
 def test_figures_command_writes_the_adamixer_figures_alone(shapes_dir, tmp_path):
     run = tmp_path / "adamixer"
@@ -321,7 +380,7 @@ def test_figures_command_writes_the_adamixer_figures_alone(shapes_dir, tmp_path)
     out = tmp_path / "figures"
     assert cli_main(["figures", "--data", str(shapes_dir), "--adamixer", str(run), "--out", str(out),
                      "--images", "2"]) == 0
-    assert (out / "fig2_adamixer_points.png").stat().st_size > 5000
+    assert _png_shape(out / "fig2_adamixer_points.png")[0] > 100
     # A 4-step model has no confident query: the level plot says so rather than failing.
     assert (out / "fig_adamixer_levels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (out / "figures.json").exists()  # the DETRDistill figures need --teacher and --student

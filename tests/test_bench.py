@@ -1,6 +1,7 @@
 """The benchmark machinery: overrides, the paired bootstrap, suite definitions, a tiny suite end to end."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +11,8 @@ import yaml
 from detrdistill import runs as runs_module
 from detrdistill.bench import runner
 from detrdistill.bench.bootstrap import ap_table, paired_gain, resample_counts, resampled_aps, weighted_ap
-from detrdistill.bench.overrides import apply_overrides
 from detrdistill.bench.plan import make_plan, planned_runs, same_time_steps, suite_command
-from detrdistill.bench.report import MixedTeachersError, check_target, checkpoints_over_seeds
+from detrdistill.bench.plot import draw_summary
 from detrdistill.bench.runner import config_digest, run_suite
 from detrdistill.bench.suites import (
     DETRDISTILL,
@@ -27,8 +27,10 @@ from detrdistill.bench.suites import (
     preset_exists,
     suite_families,
 )
+from detrdistill.bench.summary import MixedTeachersError, check_target, checkpoints_over_seeds
 from detrdistill.config import ConfigError, DistillConfig, RunConfig, config_to_dict, load_config
 from detrdistill.evaluate import evaluate_coco
+from detrdistill.overrides import apply_overrides
 from tests.conftest import make_tiny_run_config
 
 # ---------------------------------------------------------------- overrides
@@ -482,3 +484,133 @@ def test_checkpoint_curves_average_ap_take_the_median_time_and_drop_steps_a_seed
             # shared the cores with other work: its time would pull a mean to 40 s
             {"checkpoints": [{"step": 2, "AP": 0.3, "elapsed_s": 98.0}]}]
     assert checkpoints_over_seeds(runs) == [{"step": 2, "AP": pytest.approx(0.2), "elapsed_s": 12.0, "seeds": 3}]
+
+
+TINY_CONVERGED = Suite(
+    name="tinyconverged",
+    title="a tiny converged suite",
+    paper_source="none",
+    variants=(
+        Variant("student", "student, S", distilled=False, baseline=None, quick=True),
+        Variant("student_2x", "student, 2S", distilled=False, baseline="student", quick=True, steps_factor=2),
+        Variant("all", "DETRDistill, S", DETRDISTILL, baseline="student_2x", quick=True),
+        Variant("fgd", "FGD, S", kd(**{"distill.baseline.method": "fgd"}), baseline="student_2x",
+                families=("deformable_detr",)),
+    ),
+    reference="all",
+    steps={"*": 4},
+    quick_steps={"*": 2},
+    families=("conditional_detr",),
+    checkpoints=2,
+    eval_max_images=4,
+    show_teacher=True,
+    teacher_steps={"*": 6},
+    teacher_suffix="_converged",
+    equal_time=False,
+    keep_ap_tables=True,
+    targets=(
+        Target("plateau", ("student_2x",), ("student",), max_gain=1.0),
+        Target("gain with interval", ("all",), ("student_2x",), min_gain=-1.0, interval=True),
+        Target("near the teacher", ("all",), ("teacher",), min_gain=-1.0),
+        Target("beats FGD", ("all",), ("fgd",)),
+        Target("only on deformable", ("all",), ("student",), families=("deformable_detr",)),
+    ),
+)
+
+
+def test_converged_suite_rows_teacher_targets_and_reuse_from_records_alone(shapes_dir, tmp_path, monkeypatch):
+    presets = _tiny_presets(tmp_path)
+    runs, results, teachers = tmp_path / "runs", tmp_path / "results", tmp_path / "teachers"
+    kwargs = dict(seeds=2, teachers=teachers, presets=presets, progress=False, resamples=50)
+    report = run_suite(TINY_CONVERGED, shapes_dir, runs, results, **kwargs)
+
+    teacher = teachers / "tiny_teacher_converged"
+    assert json.loads((teacher / "eval.json").read_text())["steps"] == 6  # the suite's teacher steps, not 3
+    page = results / "tinyconverged"
+    names = sorted(p.name for p in page.iterdir())
+    # No equal-time row, no FGD row outside its family; each record with its AP table beside it.
+    assert names == sorted(f"conditional_detr__{key}__seed{seed}.{ext}" for key in ("student", "student_2x", "all")
+                           for seed in (0, 1) for ext in ("json", "ap.npz"))
+    record = lambda key, seed: json.loads((page / f"conditional_detr__{key}__seed{seed}.json").read_text())  # noqa: E731
+    assert record("student", 0)["steps"] == 4 and record("student_2x", 0)["steps"] == 8
+    assert [c["step"] for c in record("student_2x", 0)["checkpoints"]] == [2, 4, 6, 8]  # at the suite's interval
+    assert record("all", 1)["config_digest"] == Path(record("all", 1)["run_dir"]).parent.name.split("-")[-1]
+
+    text = report.read_text()
+    assert "conditional_detr: plateau. student, 2S - student, S = " in text
+    assert "conditional_detr: gain with interval. DETRDistill, S - student, 2S = " in text and "95% interval [" in text
+    assert "conditional_detr: near the teacher. DETRDistill, S - teacher = " in text
+    assert "**MET** (issue 4), conditional_detr: near the teacher" in text  # AP - teacher AP >= -1 always
+    assert "**NOT CHECKED** (issue 4), conditional_detr: beats FGD. rows not run: FGD, S" in text
+    assert "only on deformable" not in text
+    summary = json.loads((results / "tinyconverged.json").read_text())
+    rows = {row["key"]: row for row in summary["families"]["conditional_detr"]["rows"]}
+    assert rows["all"]["baseline"] == "student_2x" and rows["all"]["gain"]["low"] is not None
+    # The page's figure plots these numbers: bars of the mean AP, curves of the checkpoints by step and by time.
+    bars, by_step, by_time = draw_summary(summary).axes[:3]
+    teacher_ap = summary["families"]["conditional_detr"]["teacher"]["eval"]["AP"]
+    assert [b.get_height() for b in bars.patches] == pytest.approx(
+        [100 * teacher_ap] + [100 * rows[k]["mean"]["AP"] for k in ("student", "student_2x", "all")])
+    for axis, x in ((by_step, "step"), (by_time, "elapsed_s")):
+        curve = {line.get_label(): line for line in axis.get_lines()}["student, 2S"]
+        points = rows["student_2x"]["checkpoints"]
+        scale = 1 if x == "step" else 1 / 60
+        assert list(curve.get_xdata()) == pytest.approx([p[x] * scale for p in points])
+        assert list(curve.get_ydata()) == pytest.approx([100 * p["AP"] for p in points])
+
+    # A new machine: the run directories are gone, the records and AP tables (committed) and the
+    # teacher are not. Nothing retrains, and the page keeps its intervals.
+    shutil.rmtree(runs)
+    calls = []
+
+    def refuse_training(*args, **kw):
+        calls.append(args)
+        raise RuntimeError("retrained")
+
+    monkeypatch.setattr(runs_module, "run_training", refuse_training)
+    again = run_suite(TINY_CONVERGED, shapes_dir, runs, results, **kwargs)
+    assert calls == []
+    rebuilt = json.loads((results / "tinyconverged.json").read_text())
+    assert rebuilt["families"]["conditional_detr"]["rows"] == summary["families"]["conditional_detr"]["rows"]
+    assert again.read_text() == text
+    # A partial invocation finds them on the full page, and copies them to its own.
+    subset = run_suite(TINY_CONVERGED, shapes_dir, runs, results, rows=["student", "student_2x", "all"], **kwargs)
+    assert calls == [] and subset.name == "tinyconverged_student-student_2x-all.md"
+    assert (results / "tinyconverged_student-student_2x-all" / "conditional_detr__all__seed1.ap.npz").is_file()
+    # A record of another config (here: the 2S student's under the S student's name) is not reused.
+    shutil.rmtree(results / "tinyconverged_student-student_2x-all")
+    (page / "conditional_detr__student__seed0.json").write_text(json.dumps(record("student_2x", 0)))
+    with pytest.raises(RuntimeError, match="retrained"):
+        run_suite(TINY_CONVERGED, shapes_dir, runs, results, **kwargs)
+    assert len(calls) == 1
+
+
+def test_commit_files_commits_those_files_alone(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    from detrdistill.bench.commit import commit_files
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    git("config", "user.email", "bench@example.org")
+    git("config", "user.name", "bench")
+    (tmp_path / "other.txt").write_text("work in progress")
+    git("add", "other.txt")  # staged by someone else: must stay out of the results commit
+    monkeypatch.chdir(tmp_path)
+    record = tmp_path / "results" / "run.json"
+    record.parent.mkdir()
+    record.write_text("{}")
+    assert commit_files([record, tmp_path / "results" / "absent.ap.npz"], "Results: run")
+    assert git("show", "--name-only", "--format=%s", "HEAD").split() == ["Results:", "run", "results/run.json"]
+    assert git("diff", "--cached", "--name-only").split() == ["other.txt"]
+    assert not commit_files([record], "Results: unchanged")  # nothing new: no empty commit
+    (tmp_path / ".gitignore").write_text("runs/\n")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "eval.json").write_text("{}")
+    assert not commit_files([tmp_path / "runs"], "Results: ignored")  # an ignored run directory: skipped
+    monkeypatch.chdir(tmp_path.parent)  # not a repository: a warning, not an error
+    record.write_text('{"changed": 1}')
+    assert not commit_files([record], "Results: run")
+    assert "could not commit" in capsys.readouterr().out

@@ -8,7 +8,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).parents[1] / "detrdistill"
 # Floors from the ground up; a module may import its own floor's modules and lower ones.
 FLOORS = (
-    ("detrdistill.config", "detrdistill.box_ops", "detrdistill.distributed", "detrdistill.precision"),
+    ("detrdistill.config", "detrdistill.overrides", "detrdistill.box_ops", "detrdistill.distributed",
+     "detrdistill.precision"),
     ("detrdistill.data",),
     ("detrdistill.matching", "detrdistill.evaluate"),
     ("detrdistill.models",),

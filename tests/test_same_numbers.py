@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from detrdistill.bench.overrides import apply_overrides
 from detrdistill.config import config_to_dict
 from detrdistill.data.shapes import make_shapes
+from detrdistill.overrides import apply_overrides
 from detrdistill.runs import model_digest
 from detrdistill.training.run import run_training
 from tests.conftest import IMAGE_SIZE, make_tiny_run_config

@@ -8,7 +8,7 @@
     fig_teacher_queries.png   the teacher's queries answered by AD-trained students
     figures.json              the numbers behind Fig. 7 and the AD panel, and the runs used
 
-and, from an AdaMixer run (``make_adamixer_figures``):
+written by ``write_figures(draw_figures(...))``, and, from an AdaMixer run (``make_adamixer_figures``):
 
     fig2_adamixer_points.png  where the queries matched to each object sample (Fig. 2 (c))
     fig_adamixer_levels.png   the feature stride each query reads against its box size
@@ -21,6 +21,7 @@ directories are given but not finished (``train_one_epoch``).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ from detrdistill.analysis.adamixer_points import (
     stage_points,
 )
 from detrdistill.analysis.draw import load_batch, pick_images
-from detrdistill.analysis.instability import InstabilityResult, instability
+from detrdistill.analysis.instability import InstabilityResult, runs_instability
 from detrdistill.analysis.ld_matching import ld_pairs, plot_ld_pairs
 from detrdistill.analysis.masks import compute_masks, plot_level_masks, plot_loss_weights, plot_query_masks
 from detrdistill.analysis.predictions import detect, plot_detections
@@ -82,11 +83,19 @@ def save(figure: Figure, path: Path) -> Path:
     return path
 
 
-def make_figures(
+@dataclass
+class DrawnFigures:
+    """The analysis figures before they are saved: {file name: Figure}, and the numbers
+    behind them (``figures.json``)."""
+
+    figures: dict[str, Figure]
+    summary: dict
+
+
+def draw_figures(
     data_dir: str | Path,
     teacher: str | Path,
     student: str | Path,
-    out_dir: str | Path = "figures",
     distilled: str | Path | None = None,
     epoch_run: str | Path | None = None,
     ad_run: str | Path | None = None,
@@ -95,8 +104,8 @@ def make_figures(
     split: str | None = None,
     device: str = "cpu",
     progress: bool = True,
-) -> dict[str, Path]:
-    """Write every figure into ``out_dir``; returns {file name: path}.
+) -> DrawnFigures:
+    """Draw every DETRDistill figure from finished runs (``write_figures`` saves them).
 
     Args:
         data_dir: the dataset (its val split, or ``split``).
@@ -105,8 +114,6 @@ def make_figures(
             for Fig. 7; trained from ``student``'s config (and ``teacher``) when not finished.
         num_images: images in the picture figures; is_images: val images for IS (None: all).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     runs = {"teacher": teacher, "student": student, "distilled": distilled}
     student_config = load_run(student).config
     for key, path, with_teacher in (("epoch", epoch_run, None), ("ad", ad_run, teacher)):
@@ -120,31 +127,26 @@ def make_figures(
     names = dataset.id2label
     batch = load_batch(dataset, pick_images(dataset, num_images))
     fd_config = (loaded.get("distilled") or loaded["student"]).config.distill.features
-    written = {}
+    figures = {}
 
     masks = compute_masks(teacher_run.model, batch, teacher_run.config.loss, fd_config, device=device)
-    written[FIG4] = save(plot_query_masks(masks, names), out_dir / FIG4)
-    written[FIG6] = save(plot_level_masks(masks[:2], names), out_dir / FIG6)  # two images, as the paper
-    written[FIG_FD_WEIGHTS] = save(plot_loss_weights(masks[0], names), out_dir / FIG_FD_WEIGHTS)
+    figures[FIG4] = plot_query_masks(masks, names)
+    figures[FIG6] = plot_level_masks(masks[:2], names)  # two images, as the paper
+    figures[FIG_FD_WEIGHTS] = plot_loss_weights(masks[0], names)
 
     order = [key for key in ("teacher", "student", "epoch", "ad", "distilled") if key in loaded]
-    results = []
-    for key in order:
-        run = loaded[key]
-        if progress:
-            print(f"[figures] IS of {LABELS[key]} ({run.path})")
-        results.append(instability(run.model, eval_dataset(data_dir, run.config, split), run.config.loss,
-                                   is_images, label=LABELS[key], device=device))
-    written[FIG7] = save(plot_instability(results), out_dir / FIG7)
+    results = runs_instability({LABELS[key]: loaded[key].path for key in order}, data_dir, is_images, split, device,
+                               progress)
+    figures[FIG7] = plot_instability(results)
 
     shown = [key for key in ("teacher", "student", "distilled") if key in loaded]
     detections = {LABELS[key]: detect(loaded[key].model, batch, device=device) for key in shown}
-    written[FIG_PREDICTIONS] = save(plot_detections(batch, detections, names), out_dir / FIG_PREDICTIONS)
+    figures[FIG_PREDICTIONS] = plot_detections(batch, detections, names)
 
     pairs_of = loaded.get("distilled") or loaded["student"]
     pairs = ld_pairs(teacher_run.model, pairs_of.model, batch, -1, teacher_run.config.loss,
                      pairs_of.config.distill.logits)
-    written[FIG_LD] = save(plot_ld_pairs(batch, pairs), out_dir / FIG_LD)
+    figures[FIG_LD] = plot_ld_pairs(batch, pairs)
 
     answers = {}
     teacher_dim = adapter_for(teacher_run.model).learned_queries().shape[1]
@@ -155,7 +157,7 @@ def make_figures(
             answers[LABELS[key]] = answer_teacher_queries(loaded[key].model, teacher_run.model, batch, query_map,
                                                           teacher_run.config.loss)
     if answers:
-        written[FIG_TEACHER_QUERIES] = save(plot_teacher_query_answers(batch, answers), out_dir / FIG_TEACHER_QUERIES)
+        figures[FIG_TEACHER_QUERIES] = plot_teacher_query_answers(batch, answers)
 
     summary = {
         "runs": {LABELS[key]: str(loaded[key].path) for key in order},
@@ -163,7 +165,16 @@ def make_figures(
         "instability": [r.to_dict() for r in results],
         "teacher_query_iou_shown_images": {name: mean_assigned_iou(a) for name, a in answers.items()},
     }
-    (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
+    return DrawnFigures(figures, summary)
+
+
+def write_figures(drawn: DrawnFigures, out_dir: str | Path = "figures") -> dict[str, Path]:
+    """Save ``drawn``'s figures as PNGs and its numbers as figures.json in ``out_dir``;
+    returns {file name: path}."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {name: save(figure, out_dir / name) for name, figure in drawn.figures.items()}
+    (out_dir / SUMMARY).write_text(json.dumps(drawn.summary, indent=2))
     written[SUMMARY] = out_dir / SUMMARY
     return written
 

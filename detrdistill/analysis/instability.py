@@ -17,6 +17,7 @@ The pure functions work on match indices; ``instability`` runs a model over a da
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Subset
@@ -25,6 +26,7 @@ from detrdistill.config import LossConfig
 from detrdistill.data.collate import collate_detection
 from detrdistill.matching import HungarianMatcher, MatchIndices
 from detrdistill.models.adapters import adapter_for
+from detrdistill.runs import eval_dataset, load_run
 
 UNMATCHED = -1
 
@@ -144,3 +146,18 @@ def instability(
     counts = torch.cat(per_image)
     return InstabilityResult(per_pair=counts.float().mean(0).tolist(), per_image=counts.tolist(),
                              num_queries=num_queries, label=label)
+
+
+def runs_instability(runs: dict[str, str | Path], data_dir: str | Path, max_images: int | None = 500,
+                     split: str | None = None, device: str | torch.device = "cpu",
+                     progress: bool = False) -> list[InstabilityResult]:
+    """IS of each finished run (label -> run directory), on the split its training evaluated
+    on (or ``split``), with its own matching costs: Fig. 7's bars, one result per run."""
+    results = []
+    for label, run_dir in runs.items():
+        run = load_run(run_dir)
+        if progress:
+            print(f"[figures] IS of {label} ({run.path})")
+        results.append(instability(run.model, eval_dataset(data_dir, run.config, split), run.config.loss,
+                                   max_images, label=label, device=device))
+    return results

@@ -130,7 +130,7 @@ def train_variants(base: RunConfig, variants: dict[str, dict], data_dir: str | P
     """An ablation: ``base`` with each variant's dotted overrides (``bench.overrides``), trained
     into ``out_dir/<variant index>``; variants with every KD component off train without the
     teacher. Finished runs are reused. Returns {variant name: run directory}."""
-    from detrdistill.bench.overrides import apply_overrides
+    from detrdistill.overrides import apply_overrides
 
     runs = {}
     for index, (name, overrides) in enumerate(variants.items()):

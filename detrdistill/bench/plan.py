@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from detrdistill.bench.overrides import apply_overrides
 from detrdistill.bench.suites import FAMILY_PRESETS, SAME_TIME, FamilyPresets, Suite, Variant
 from detrdistill.config import ConfigError, RunConfig, load_config
+from detrdistill.overrides import apply_overrides
 
 PREDICTIONS = "val_predictions.json.gz"  # COCO results list of the final model on the val split
 AP_TABLE = "val_ap_table.npz"  # bootstrap.APTable of those predictions
@@ -40,6 +40,11 @@ class PlannedRun:
 
 def run_name(family: str, key: str, seed: int) -> str:
     return f"{family}__{key}__seed{seed}"
+
+
+def kept_ap_table(plan: SuitePlan, name: str) -> Path:
+    """Where a suite that keeps AP tables (``Suite.keep_ap_tables``) copies run ``name``'s, beside its record."""
+    return plan.results_dir / f"{name}.ap.npz"
 
 
 @dataclass
@@ -111,28 +116,31 @@ def suite_command(suite: str, seeds: int, quick: bool, data: Path, runs: Path, f
     return shlex.join(parts)
 
 
-# What the suite sets on every run itself: ``--set`` may not change it.
-SUITE_KEYS = ("train.steps", "train.minutes", "train.eval_every", "train.eval_max_images", "train.seed")
-
-
-def check_settings(settings: Mapping[str, Any]) -> None:
-    owned = [key for key in settings if key in SUITE_KEYS]
-    if owned:
-        raise ConfigError(f"--set {owned}: a suite sets {', '.join(SUITE_KEYS)} on every run itself; use --quick or "
-                          "--seeds, or train a single run with detrdistill train/distill")
-
-
-def run_overrides(plan: SuitePlan, family: str, variant: Variant, seed: int, steps: int | None = None) -> dict:
-    """``--set`` settings, then the variant's overrides, then the suite's budget, checkpoints and seed."""
+def suite_settings(plan: SuitePlan, family: str, seed: int, steps: int | None = None) -> dict:
+    """What the suite sets on every run itself, last, so ``--set`` may not change it: its
+    budget (``steps``, default the suite's), checkpoints and seed."""
     return {
-        **plan.settings,
-        **variant.overrides,
         "train.steps": plan.steps(family) if steps is None else steps,
         "train.minutes": None,
         "train.eval_every": plan.eval_every(family),
         "train.eval_max_images": plan.suite.eval_max_images,
         "train.seed": seed,
     }
+
+
+def check_settings(plan: SuitePlan) -> None:
+    owned = suite_settings(plan, plan.families[0], 0, 1) if plan.families else {}
+    refused = [key for key in plan.settings if key in owned]
+    if refused:
+        raise ConfigError(f"--set {refused}: a suite sets {', '.join(owned)} on every run itself; use --quick or "
+                          "--seeds, or train a single run with detrdistill train/distill")
+
+
+def run_overrides(plan: SuitePlan, family: str, variant: Variant, seed: int, steps: int | None = None) -> dict:
+    """``--set`` settings, then the variant's overrides, then the suite's own settings (``steps``,
+    default the suite's times the row's ``steps_factor``)."""
+    steps = plan.steps(family) * variant.steps_factor if steps is None else steps
+    return {**plan.settings, **variant.overrides, **suite_settings(plan, family, seed, steps)}
 
 
 def plan_run(plan: SuitePlan, family: str, variant: Variant, seed: int, steps: int | None = None) -> PlannedRun:
@@ -160,9 +168,10 @@ def make_plan(suite: Suite, families: list[str], seeds: int, quick: bool, data: 
               teachers: dict[str, Path], command: str, presets: Mapping[str, FamilyPresets] = FAMILY_PRESETS,
               rows: list[str] | None = None, families_requested: bool = False,
               settings: Mapping[str, Any] | None = None) -> SuitePlan:
-    check_settings(settings or {})
-    return SuitePlan(suite, families, list(range(seeds)), quick, Path(data), Path(runs), Path(results), teachers,
+    plan = SuitePlan(suite, families, list(range(seeds)), quick, Path(data), Path(runs), Path(results), teachers,
                      command, presets, tuple(rows) if rows else None, families_requested, dict(settings or {}))
+    check_settings(plan)
+    return plan
 
 
 def check_rows(suite: Suite, rows: list[str] | None) -> None:
@@ -180,6 +189,7 @@ def check_rows(suite: Suite, rows: list[str] | None) -> None:
 def planned_runs(plan: SuitePlan) -> list[PlannedRun]:
     """Every fixed-budget run, seed by seed (a cut-short suite has whole seeds), checked before training."""
     return [plan_run(plan, family, variant, seed)
-            for seed in plan.seeds for family in plan.families for variant in plan.variants()]
+            for seed in plan.seeds for family in plan.families for variant in plan.variants()
+            if variant.runs_for(family)]
 
 

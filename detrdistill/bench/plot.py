@@ -1,22 +1,22 @@
-"""The suite's figure: mean AP per row with seed std (bars) and AP at checkpoints against training time."""
+"""The suite's figure: mean AP per row with seed std (bars) and AP at checkpoints against
+training steps and against training time."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display on the benchmark machines
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 
-def plot_summary(summary: dict, path: Path) -> None:
-    """One row of two panels per family, from ``report.build_summary``'s dict, saved as a PNG."""
+def draw_summary(summary: dict) -> Figure:
+    """One row of three panels per family (AP bars; AP at checkpoints by step and by time),
+    from ``summary.build_summary``'s dict."""
     families = list(summary["families"].items())
     rows = max(len(families), 1)
-    figure, axes = plt.subplots(rows, 2, figsize=(16, 4.2 * rows), squeeze=False)
-    for (family, section), (bars, curves) in zip(families, axes, strict=False):
+    figure = Figure(figsize=(20, 4.2 * rows))
+    axes = figure.subplots(rows, 3, squeeze=False)
+    for (family, section), (bars, by_step, by_time) in zip(families, axes, strict=False):
         labels, means, stds, colours = [], [], [], []
         if section["teacher"] is not None and section["teacher"]["eval"]:
             labels.append("teacher")
@@ -39,14 +39,22 @@ def plot_summary(summary: dict, path: Path) -> None:
         for row in section["rows"]:
             points = row["checkpoints"]
             if points:
-                curves.plot([p["elapsed_s"] / 60 for p in points], [100 * p["AP"] for p in points], marker="o",
-                            markersize=3, label=row["label"])
-        curves.set_xlabel("training time (min, median over seeds)")
-        curves.set_ylabel("AP at checkpoints (x100)")
-        curves.set_title("AP during training", fontsize=10)
+                for curves, x in ((by_step, [p["step"] for p in points]),
+                                  (by_time, [p["elapsed_s"] / 60 for p in points])):
+                    curves.plot(x, [100 * p["AP"] for p in points], marker="o", markersize=3, label=row["label"])
+        by_step.set_xlabel("training step")
+        by_time.set_xlabel("training time (min, median over seeds)")
+        for curves in (by_step, by_time):
+            curves.set_ylabel("AP at checkpoints (x100)")
+        by_step.set_title("AP during training, by step", fontsize=10)
+        by_time.set_title("AP during training, by wall-clock time", fontsize=10)
         if any(row["checkpoints"] for row in section["rows"]):
             # Beside the axes: with eight or more rows a legend inside covers the curves.
-            curves.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+            by_time.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    return figure
+
+
+def plot_summary(summary: dict, path: Path) -> None:
+    """``draw_summary`` saved as a PNG."""
+    draw_summary(summary).savefig(path, dpi=110)

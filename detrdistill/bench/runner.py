@@ -21,6 +21,7 @@ import gzip
 import hashlib
 import json
 import shlex
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,13 +29,14 @@ from typing import Any
 import torch
 
 from detrdistill.bench.bootstrap import ap_table, load_ap_table, save_ap_table
-from detrdistill.bench.overrides import apply_overrides
+from detrdistill.bench.commit import commit_files
 from detrdistill.bench.plan import (
     AP_TABLE,
     PREDICTIONS,
     PlannedRun,
     SuitePlan,
     check_rows,
+    kept_ap_table,
     make_plan,
     plan_run,
     planned_runs,
@@ -43,6 +45,7 @@ from detrdistill.bench.plan import (
     same_time_variant,
     suite_command,
 )
+from detrdistill.bench.report import write_report
 from detrdistill.bench.suites import (
     FAMILY_PRESETS,
     SAME_TIME,
@@ -51,11 +54,13 @@ from detrdistill.bench.suites import (
     check_suite,
     suite_families,
 )
+from detrdistill.bench.summary import machine_facts
 from detrdistill.bench.timing import interleaved_step_ms
 from detrdistill.config import RunConfig, config_to_dict, load_config
 from detrdistill.inference import predict
 from detrdistill.models.build import load_detector
-from detrdistill.runs import model_digest, train_or_reuse
+from detrdistill.overrides import apply_overrides
+from detrdistill.runs import is_finished, model_digest, train_or_reuse
 from detrdistill.training.machine_load import LoadMonitor, read_machine_load
 from detrdistill.training.prepare import load_datasets
 
@@ -114,7 +119,8 @@ def ensure_teacher(suite: Suite, family: str, presets: Mapping[str, FamilyPreset
     teacher_dir = teacher_dir_for(suite, family, presets, teachers, quick)
     if (teacher_dir / "eval.json").is_file() or (teacher_dir / "model" / "config.json").is_file():
         return teacher_dir
-    overrides = {**suite.teacher_overrides, **({"train.steps": suite.quick_teacher_steps} if short else {})}
+    steps = suite.quick_teacher_steps if short else suite.teacher_steps_for(family)
+    overrides = {**suite.teacher_overrides, **({"train.steps": steps, "train.minutes": None} if steps else {})}
     config = apply_overrides(load_config(preset), overrides, where=f"suite {suite.name}, {family} teacher")
     print(f"[bench] {family}: training the teacher {preset}{' with ' + str(overrides) if overrides else ''} "
           f"into {teacher_dir}")
@@ -176,6 +182,8 @@ def run_record(plan: SuitePlan, run: PlannedRun, run_dir: Path, evaluation: dict
         "teacher_digest": model_digest(run.teacher_dir) if run.teacher_dir else None,
         "teacher_eval": _teacher_eval(run.teacher_dir) if run.teacher_dir else None,
         "run_dir": str(run_dir),
+        "config_digest": config_digest(run.config, run.teacher_dir),
+        "machine": machine_facts(),
         "eval": {k: v for k, v in evaluation.items() if k not in ("steps", "train_s", "step_ms")},
         "machine_load": read_machine_load(run_dir),
         "steps": evaluation["steps"],
@@ -190,10 +198,39 @@ def run_record(plan: SuitePlan, run: PlannedRun, run_dir: Path, evaluation: dict
     }
 
 
+def kept_record(plan: SuitePlan, run: PlannedRun) -> tuple[dict, Path] | None:
+    """(record, AP table) of the run committed by an earlier invocation of the suite (this page's
+    or a partial one's, ``--rows``/``--families``), when the suite keeps AP tables and the record
+    is of this very run: the same config digest, which holds the teacher's weights digest. A
+    finished run whose run directory did not survive a change of machine."""
+    if not plan.suite.keep_ap_tables:
+        return None
+    digest = config_digest(run.config, run.teacher_dir)
+    pages = [plan.results_dir, plan.results / plan.suite.name, *sorted(plan.results.glob(f"{plan.suite.name}_*"))]
+    for page in dict.fromkeys(pages):
+        record_file, table = page / f"{run.name}.json", page / f"{run.name}.ap.npz"
+        if record_file.is_file() and table.is_file():
+            record = json.loads(record_file.read_text())
+            if record.get("config_digest") == digest:
+                return record, table
+    return None
+
+
 def execute(plan: SuitePlan, run: PlannedRun, progress: bool = True, extra: dict | None = None) -> dict:
     """Train (or reuse) one run, save its predictions once, write and return its result JSON
     (with ``extra`` added to it)."""
     run_dir = run_dir_for(plan.runs, run)
+    if not is_finished(run_dir):
+        kept = kept_record(plan, run)
+        if kept is not None:
+            record, table = kept
+            print(f"[bench] {run.name}: reusing its committed record in {table.parent} (trained on "
+                  f"{record.get('machine', {}).get('cpu', 'another machine')}; run directory {record['run_dir']} gone)")
+            if table.parent != plan.results_dir:
+                plan.results_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(table, kept_ap_table(plan, run.name))
+                write_record(plan.results_dir / f"{run.name}.json", record)
+            return record
     evaluation = train_or_reuse(run.config, plan.data, run_dir, teacher=run.teacher_dir, label=run.name,
                                 progress=progress)
     load = read_machine_load(run_dir)
@@ -206,10 +243,18 @@ def execute(plan: SuitePlan, run: PlannedRun, progress: bool = True, extra: dict
     else:
         ap_from_predictions = save_predictions(run_dir, run.config, plan.data, progress)
     record = {**run_record(plan, run, run_dir, evaluation, ap_from_predictions), **(extra or {})}
-    result_file = plan.results_dir / f"{run.name}.json"
-    result_file.parent.mkdir(parents=True, exist_ok=True)
-    result_file.write_text(json.dumps(record, indent=2))
+    plan.results_dir.mkdir(parents=True, exist_ok=True)
+    if plan.suite.keep_ap_tables:
+        shutil.copyfile(run_dir / AP_TABLE, kept_ap_table(plan, run.name))
+    write_record(plan.results_dir / f"{run.name}.json", record)
     return record
+
+
+def write_record(path: Path, record: dict) -> None:
+    """Whole or absent, never half written: a record may be all that is left of its run."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(record, indent=2))
+    temporary.replace(path)
 
 
 def equal_time_timing(plan: SuitePlan, family: str, reference_key: str, baseline_key: str) -> dict:
@@ -241,13 +286,14 @@ def run_suite(
     families: list[str] | None = None, teachers: Path = Path("runs/presets"), command: str | None = None,
     presets: Mapping[str, FamilyPresets] = FAMILY_PRESETS, progress: bool = True, report_only: bool = False,
     resamples: int = 1000, rows: list[str] | None = None, settings: Mapping[str, Any] | None = None,
+    commit: bool = False,
 ) -> Path:
     """Run ``suite`` (resuming what exists) and write its report; return the report's path.
 
     ``settings`` (``--set``) are set on every row's student preset before the row's own
-    overrides; the page is named after them, so it never overwrites the suite's own page."""
-    from detrdistill.bench.report import write_report  # report.py reads plans: imported here, not at the top
-
+    overrides; the page is named after them, so it never overwrites the suite's own page.
+    ``commit``: each run's result files are committed to git as soon as they are written, and
+    the page at the end (``commit.py``)."""
     check_suite(suite)
     check_rows(suite, rows)
     chosen = suite_families(suite, families, quick, presets)
@@ -261,21 +307,41 @@ def run_suite(
     if not report_only:
         if needs_teacher:
             for family in chosen:
-                ensure_teacher(suite, family, presets, teachers, plan.data, quick, progress)
+                teacher_dir = ensure_teacher(suite, family, presets, teachers, plan.data, quick, progress)
+                if commit:  # a teacher kept in the repository (not under runs/) makes its runs reusable elsewhere
+                    commit_files([teacher_dir], f"Results: the {family} teacher of {plan.result_name} "
+                                                f"({teacher_dir}, weights {model_digest(teacher_dir)})")
         baseline_key = suite.variant(suite.reference).baseline
         finished: dict[str, dict] = {}
         timings: dict[str, dict] = {}
         for run in runs_to_do:
             finished[run.name] = execute(plan, run, progress)
+            if commit:
+                record = finished[run.name]
+                commit_files(result_files(plan, run.name),
+                             f"Results: {plan.result_name} {run.name}, AP {100 * record['eval']['AP']:.1f} "
+                             f"({record['steps']} steps, {record['step_ms']} ms a step)")
             # The equal-time student of this family and seed, as soon as its two inputs exist.
             reference = finished.get(run_name(run.family, suite.reference, run.seed))
             baseline = finished.get(run_name(run.family, baseline_key, run.seed))
             same_time = run_name(run.family, SAME_TIME, run.seed)
-            if reference and baseline and same_time not in finished and (not rows or SAME_TIME in rows):
+            wanted = suite.equal_time and (not rows or SAME_TIME in rows)
+            if reference and baseline and same_time not in finished and wanted:
                 if run.family not in timings:
                     timings[run.family] = equal_time_timing(plan, run.family, suite.reference, baseline_key)
                 timing = timings[run.family]
                 steps = same_time_steps(reference["steps"], timing["reference_ms"], timing["baseline_ms"])
                 same_time_run = plan_run(plan, run.family, same_time_variant(suite), run.seed, steps)
                 finished[same_time] = execute(plan, same_time_run, progress, {"equal_time_timing": timing})
-    return write_report(plan, resamples=resamples)
+                if commit:
+                    commit_files(result_files(plan, same_time), f"Results: {plan.result_name} {same_time}")
+    page = write_report(plan, resamples=resamples)
+    if commit:
+        commit_files([page.with_suffix(suffix) for suffix in (".md", ".json", ".png")],
+                     f"Results: the {plan.result_name} page rebuilt from its records")
+    return page
+
+
+def result_files(plan: SuitePlan, name: str) -> list[Path]:
+    """The files that stand for run ``name`` in the results: its JSON, and its AP table if kept."""
+    return [plan.results_dir / f"{name}.json", *([kept_ap_table(plan, name)] if plan.suite.keep_ap_tables else [])]

@@ -1,7 +1,7 @@
 """The benchmark suites as data: the paper's Tables 2-7 at CPU scale on the embedded data.
 
 A suite is a list of variants (rows), each a set of dotted config overrides applied to a
-family's student preset (``overrides.py``), trained with or without the family's teacher,
+family's student preset (``detrdistill/overrides.py``), trained with or without the family's teacher,
 for every seed. The runner (``runner.py``) adds one row to every suite: an undistilled
 student trained for the same wall-clock time as the suite's DETRDistill row (``reference``).
 
@@ -33,6 +33,7 @@ from detrdistill.config import FAMILY_PRESETS, ConfigError, FamilyPresets, resol
 
 STUDENT = "student"
 SAME_TIME = "student_same_time"
+TEACHER = "teacher"  # a target's name for the family's teacher run
 
 
 # The families a suite can run: its own ``families`` by default, any of FAMILY_PRESETS with --families.
@@ -46,7 +47,9 @@ class Variant:
     with the family's teacher. ``baseline`` is the key of the row this one's gain is measured
     against (None: it is a baseline). ``paper`` holds the published AP (x100) by family, "*"
     for any family (the ablation tables were measured on one detector). ``quick`` rows make up
-    the ``--quick`` subset.
+    the ``--quick`` subset. ``steps_factor`` multiplies the suite's steps for this row (the
+    converged suite's student at 2S); its checkpoints stay at the suite's interval.
+    ``families`` limits the row to those families (empty: every family the suite runs).
     """
 
     key: str
@@ -56,25 +59,37 @@ class Variant:
     baseline: str | None = STUDENT
     paper: Mapping[str, float] = field(default_factory=dict)
     quick: bool = False
+    steps_factor: int = 1
+    families: tuple[str, ...] = ()
 
     def paper_ap(self, family: str) -> float | None:
         return self.paper.get(family, self.paper.get("*"))
+
+    def runs_for(self, family: str) -> bool:
+        return not self.families or family in self.families
 
 
 @dataclass(frozen=True)
 class Target:
     """An acceptance check: every ``winners`` row's mean AP above every ``losers`` row's.
 
-    ``min_gain`` (AP fraction) makes it ``gain >= min_gain``; ``std_multiple`` adds
-    ``gain > std_multiple * std``, the std over seeds of the per-seed (paired) gain.
+    ``min_gain`` (AP fraction, may be negative) makes it ``gain >= min_gain``; ``max_gain``
+    makes it ``gain < max_gain`` instead (a plateau: the longer run gains less than that);
+    ``std_multiple`` adds ``gain > std_multiple * std``, the std over seeds of the per-seed
+    (paired) gain; ``interval`` adds that the gain's 95 % paired bootstrap interval lies above 0.
+    A loser ``TEACHER`` is the family's teacher run (one run, every seed compared with it).
+    ``families`` limits the check to those families (empty: every family).
     """
 
     text: str
     winners: tuple[str, ...]
     losers: tuple[str, ...]
-    min_gain: float = 0.0
+    min_gain: float | None = None
     std_multiple: float = 0.0
     source: str = "issue 4"
+    max_gain: float | None = None
+    interval: bool = False
+    families: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -97,6 +112,12 @@ class Suite:
     paper_teacher: Mapping[str, float] = field(default_factory=dict)
     targets: tuple[Target, ...] = ()
     budget: str = ""  # the arithmetic behind ``steps``, printed in the report
+    # Teacher steps per family ("*" for the others; empty: the preset's own), in TEACHERS/<preset><suffix>.
+    teacher_steps: Mapping[str, int] = field(default_factory=dict)
+    equal_time: bool = True  # the runner's equal-time student row
+    # Copy each run's AP table beside its record, so a page rebuilds (with intervals) and a
+    # finished run is reused on a machine where its run directory is gone.
+    keep_ap_tables: bool = False
 
     def variant(self, key: str) -> Variant:
         for variant in self.variants:
@@ -107,6 +128,9 @@ class Suite:
     def steps_for(self, family: str, quick: bool) -> int:
         table = self.quick_steps if quick else self.steps
         return table.get(family, table["*"])
+
+    def teacher_steps_for(self, family: str) -> int | None:
+        return self.teacher_steps.get(family, self.teacher_steps.get("*"))
 
     def selected_variants(self, quick: bool) -> tuple[Variant, ...]:
         return tuple(v for v in self.variants if v.quick) if quick else self.variants
@@ -359,7 +383,57 @@ RELEASE = Suite(
            "slow hours); conditional 2000, as in main",
 )
 
-SUITES: dict[str, Suite] = {s.name: s for s in (MAIN, COMPONENTS, LOGITS, PROGRESSIVE, MASK, DEPTH, RELEASE)}
+STUDENT_2X = "student_2x"
+
+CONVERGED = Suite(
+    name="converged",
+    title="DETRDistill at convergence: the student on its plateau, at S and 2S steps, against DETRDistill at S "
+          "(the paper's claim, Table 3)",
+    paper_source="Table 3: COCO AP after the full schedule (Deformable and Conditional DETR 50 epochs, AdaMixer 12); "
+                 "the paper has no 2x-schedule student",
+    variants=(
+        Variant(STUDENT, "student, S steps", distilled=False, baseline=None, quick=True,
+                paper={"deformable_detr": 44.1, "conditional_detr": 40.7, "adamixer": 42.3}),
+        Variant(STUDENT_2X, "student, 2S steps", distilled=False, baseline=STUDENT, quick=True, steps_factor=2),
+        Variant("detrdistill", "DETRDistill, S steps", DETRDISTILL, baseline=STUDENT_2X, quick=True,
+                paper={"deformable_detr": 46.6, "conditional_detr": 42.9, "adamixer": 44.7}),
+        # The strongest feature baseline of each family in `main` (FGFI on Deformable DETR, FGD on
+        # Conditional DETR; AdaMixer's Table 1 baseline is FGFI), against the same 2S student.
+        Variant("fgfi", "FGFI, S steps", feature_baseline("fgfi"), baseline=STUDENT_2X,
+                families=("deformable_detr", "adamixer"), paper={"adamixer": 42.6}),
+        Variant("fgd", "FGD, S steps", feature_baseline("fgd"), baseline=STUDENT_2X, families=("conditional_detr",),
+                paper={"conditional_detr": 40.4}),
+    ),
+    reference="detrdistill",
+    steps={"deformable_detr": 4000, "conditional_detr": 10000, "adamixer": 2000, "*": 4000},
+    quick_steps={"*": 500},
+    families=("deformable_detr", "conditional_detr", "adamixer"),
+    checkpoints=8,
+    teacher_steps={"deformable_detr": 8000, "conditional_detr": 16000, "adamixer": 4000, "*": 8000},
+    teacher_suffix="_converged",
+    show_teacher=True,
+    paper_teacher={"deformable_detr": 45.5, "conditional_detr": 42.4, "adamixer": 43.6},
+    equal_time=False,  # the 2S student is the cost comparison: DETRDistill's S steps cost about 2S student steps
+    keep_ap_tables=True,
+    targets=(
+        Target("the student is on its plateau: student at 2S - student at S < 1 AP", (STUDENT_2X,), (STUDENT,),
+               max_gain=0.01, source="issue 22"),
+        Target("DETRDistill at S - student at 2S >= +2.5 AP, interval above 0", ("detrdistill",), (STUDENT_2X,),
+               min_gain=0.025, interval=True, families=("deformable_detr", "conditional_detr"), source="issue 22"),
+        Target("DETRDistill at S - student at 2S >= +1.5 AP, interval above 0", ("detrdistill",), (STUDENT_2X,),
+               min_gain=0.015, interval=True, families=("adamixer",), source="issue 22"),
+        Target("DETRDistill at S within 2 AP of its teacher (in at least one family)", ("detrdistill",), (TEACHER,),
+               min_gain=-0.02, source="issue 22"),
+        Target("DETRDistill above the feature baseline at S", ("detrdistill",), ("fgfi",),
+               families=("deformable_detr", "adamixer"), source="the paper's finding (Table 3)"),
+        Target("DETRDistill above the feature baseline at S", ("detrdistill",), ("fgd",),
+               families=("conditional_detr",), source="the paper's finding (Table 3)"),
+    ),
+    budget="S per family (student runs S and 2S, DETRDistill and the feature baseline S); the teacher trained "
+           "once to its own plateau",
+)
+
+SUITES: dict[str, Suite] = {s.name: s for s in (MAIN, COMPONENTS, LOGITS, PROGRESSIVE, MASK, DEPTH, RELEASE, CONVERGED)}
 
 
 def preset_exists(name: str) -> bool:
@@ -393,8 +467,10 @@ def check_suite(suite: Suite) -> None:
     problems = []
     if len(set(keys)) != len(keys):
         problems.append(f"duplicate variant keys in {keys}")
-    if SAME_TIME in keys:
-        problems.append(f"{SAME_TIME!r} is the runner's equal-time row; rename that variant")
+    for reserved in (SAME_TIME, TEACHER):
+        if reserved in keys:
+            problems.append(f"{reserved!r} is a reserved row name (the equal-time student, the teacher); rename that "
+                            "variant")
     if suite.reference not in keys:
         problems.append(f"reference {suite.reference!r} is not a variant")
     elif suite.variant(suite.reference).baseline not in keys:
@@ -403,7 +479,7 @@ def check_suite(suite: Suite) -> None:
         if variant.baseline is not None and variant.baseline not in keys:
             problems.append(f"variant {variant.key!r}: baseline {variant.baseline!r} is not a variant")
     for target in suite.targets:
-        unknown = [k for k in target.winners + target.losers if k not in keys]
+        unknown = [k for k in target.winners + target.losers if k not in keys and k != TEACHER]
         if unknown:
             problems.append(f"target {target.text!r} names unknown rows {unknown}")
     quick = {v.key: v for v in suite.variants if v.quick}

@@ -51,6 +51,20 @@ class DetrRecord:
         """(H_l, W_l) of each feature level."""
         return [tuple(f.shape[-2:]) for f in self.features]
 
+    def shape_table(self, strides: list[int] | None = None) -> str:
+        """What the record holds, as a Markdown table of each field's dimensions and shape
+        (feature levels with their ``strides`` when given): the notebooks' view of a forward pass."""
+        rows = [("logits", "K, B, Q, C", self.logits), ("boxes_cxcywh", "K, B, Q, 4", self.boxes_cxcywh),
+                ("decoder_hidden", "K, B, Q, D", self.decoder_hidden),
+                ("query_embeddings", "Q, D_q", self.query_embeddings)]
+        for level, (feature, encoder_input) in enumerate(zip(self.features, self.encoder_inputs, strict=True)):
+            where = f"level {level}" + (f", stride {strides[level]}" if strides else "")
+            rows += [(f"features ({where})", "B, D, H_l, W_l", feature),
+                     (f"encoder_inputs ({where})", "B, D, H_l, W_l", encoder_input)]
+        lines = ["| field | dimensions | shape |", "|---|---|---|"]
+        lines += [f"| {name} | [{dims}] | {list(tensor.shape)} |" for name, dims, tensor in rows]
+        return "\n".join(lines) + f"\n\nclass head: {self.class_head}"
+
 
 @dataclass
 class DecodedQueries:
