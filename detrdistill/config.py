@@ -318,8 +318,7 @@ class BaselineKDConfig:
     fgd_lambda: float = 5e-6  # global relation (GcBlock)
 
     def __post_init__(self):
-        if self.method not in BASELINE_METHODS:
-            raise ConfigError(f"distill.baseline.method {self.method!r} is not one of {BASELINE_METHODS}")
+        self.check_method()
         if self.features not in BASELINE_FEATURE_SOURCES:
             raise ConfigError(
                 f"distill.baseline.features {self.features!r} is not one of {BASELINE_FEATURE_SOURCES}"
@@ -330,6 +329,12 @@ class BaselineKDConfig:
             raise ConfigError(f"distill.baseline.mgd_mask_ratio must be in [0, 1), got {self.mgd_mask_ratio}")
         if self.fgd_temperature <= 0:
             raise ConfigError(f"distill.baseline.fgd_temperature must be > 0, got {self.fgd_temperature}")
+
+    def check_method(self) -> None:
+        """The one check of ``method``: also run when the loss is built, since a name changed
+        after construction would otherwise build no loss and distil nothing, silently."""
+        if self.method not in BASELINE_METHODS:
+            raise ConfigError(f"distill.baseline.method {self.method!r} is not one of {BASELINE_METHODS}")
 
     def resolved_weight(self) -> float:
         """``weight``, or the method's default weight when it is None."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from detrdistill.config import BASELINE_METHODS, BaselineKDConfig, ConfigError
+from detrdistill.config import BaselineKDConfig
 from detrdistill.losses.baselines.fgd import FGDLoss
 from detrdistill.losses.baselines.fgfi import FGFILoss
 from detrdistill.losses.baselines.fitnet import FitNetLoss
@@ -34,8 +34,7 @@ def build_baseline(
         student_dim, teacher_dim: channel widths of the distilled maps (the models' d_model).
         num_student_levels: number of student feature levels (one set of layers each).
     """
-    if config.method not in BASELINE_METHODS:
-        raise ConfigError(f"distill.baseline.method {config.method!r} is not one of {BASELINE_METHODS}")
+    config.check_method()
     if config.method == "fitnet":
         return FitNetLoss(student_dim, teacher_dim, num_student_levels)
     if config.method == "mgd":
