@@ -1,5 +1,6 @@
 """The benchmark machinery: overrides, the paired bootstrap, suite definitions, a tiny suite end to end."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -486,10 +487,11 @@ def test_checkpoint_curves_average_ap_take_the_median_time_and_drop_steps_a_seed
     assert checkpoints_over_seeds(runs) == [{"step": 2, "AP": pytest.approx(0.2), "elapsed_s": 12.0, "seeds": 3}]
 
 
-TINY_CONVERGED = Suite(
+# TINY's budget, checkpoints and teacher, with the converged suite's rows and mechanisms.
+TINY_CONVERGED = dataclasses.replace(
+    TINY,
     name="tinyconverged",
     title="a tiny converged suite",
-    paper_source="none",
     variants=(
         Variant("student", "student, S", distilled=False, baseline=None, quick=True),
         Variant("student_2x", "student, 2S", distilled=False, baseline="student", quick=True, steps_factor=2),
@@ -497,13 +499,6 @@ TINY_CONVERGED = Suite(
         Variant("fgd", "FGD, S", kd(**{"distill.baseline.method": "fgd"}), baseline="student_2x",
                 families=("deformable_detr",)),
     ),
-    reference="all",
-    steps={"*": 4},
-    quick_steps={"*": 2},
-    families=("conditional_detr",),
-    checkpoints=2,
-    eval_max_images=4,
-    show_teacher=True,
     teacher_steps={"*": 6},
     teacher_suffix="_converged",
     equal_time=False,

@@ -96,9 +96,9 @@ def config_digest(config: RunConfig, teacher_dir: Path | None) -> str:
     return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def run_dir_for(runs: Path, run: PlannedRun) -> Path:
-    """``RUNS/<family>/<key>-<digest>/seed<k>``, reusing a directory of the same digest made by any suite."""
-    digest = config_digest(run.config, run.teacher_dir)
+def run_dir_for(runs: Path, run: PlannedRun, digest: str) -> Path:
+    """``RUNS/<family>/<key>-<digest>/seed<k>`` for the run's ``config_digest``, reusing a directory
+    of the same digest made by any suite."""
     family_dir = runs / run.family
     existing = sorted(family_dir.glob(f"*-{digest}")) if family_dir.is_dir() else []
     return (existing[0] if existing else family_dir / f"{run.variant.key}-{digest}") / f"seed{run.seed}"
@@ -166,7 +166,8 @@ def _teacher_eval(teacher_dir: Path) -> dict | None:
     return json.loads(eval_file.read_text()) if eval_file.is_file() else None
 
 
-def run_record(plan: SuitePlan, run: PlannedRun, run_dir: Path, evaluation: dict, ap_from_predictions: float) -> dict:
+def run_record(plan: SuitePlan, run: PlannedRun, run_dir: Path, digest: str, evaluation: dict,
+               ap_from_predictions: float) -> dict:
     """The JSON written to RESULTS/<suite>/<run>.json."""
     verb = "distill --teacher " + shlex.quote(str(run.teacher_dir)) if run.teacher_dir else "train"
     return {
@@ -182,7 +183,7 @@ def run_record(plan: SuitePlan, run: PlannedRun, run_dir: Path, evaluation: dict
         "teacher_digest": model_digest(run.teacher_dir) if run.teacher_dir else None,
         "teacher_eval": _teacher_eval(run.teacher_dir) if run.teacher_dir else None,
         "run_dir": str(run_dir),
-        "config_digest": config_digest(run.config, run.teacher_dir),
+        "config_digest": digest,
         "machine": machine_facts(),
         "eval": {k: v for k, v in evaluation.items() if k not in ("steps", "train_s", "step_ms")},
         "machine_load": read_machine_load(run_dir),
@@ -198,14 +199,13 @@ def run_record(plan: SuitePlan, run: PlannedRun, run_dir: Path, evaluation: dict
     }
 
 
-def kept_record(plan: SuitePlan, run: PlannedRun) -> tuple[dict, Path] | None:
+def kept_record(plan: SuitePlan, run: PlannedRun, digest: str) -> tuple[dict, Path] | None:
     """(record, AP table) of the run committed by an earlier invocation of the suite (this page's
     or a partial one's, ``--rows``/``--families``), when the suite keeps AP tables and the record
     is of this very run: the same config digest, which holds the teacher's weights digest. A
     finished run whose run directory did not survive a change of machine."""
     if not plan.suite.keep_ap_tables:
         return None
-    digest = config_digest(run.config, run.teacher_dir)
     pages = [plan.results_dir, plan.results / plan.suite.name, *sorted(plan.results.glob(f"{plan.suite.name}_*"))]
     for page in dict.fromkeys(pages):
         record_file, table = page / f"{run.name}.json", page / f"{run.name}.ap.npz"
@@ -219,9 +219,10 @@ def kept_record(plan: SuitePlan, run: PlannedRun) -> tuple[dict, Path] | None:
 def execute(plan: SuitePlan, run: PlannedRun, progress: bool = True, extra: dict | None = None) -> dict:
     """Train (or reuse) one run, save its predictions once, write and return its result JSON
     (with ``extra`` added to it)."""
-    run_dir = run_dir_for(plan.runs, run)
+    digest = config_digest(run.config, run.teacher_dir)  # hashes the teacher's weights: once per run
+    run_dir = run_dir_for(plan.runs, run, digest)
     if not is_finished(run_dir):
-        kept = kept_record(plan, run)
+        kept = kept_record(plan, run, digest)
         if kept is not None:
             record, table = kept
             print(f"[bench] {run.name}: reusing its committed record in {table.parent} (trained on "
@@ -242,7 +243,7 @@ def execute(plan: SuitePlan, run: PlannedRun, progress: bool = True, extra: dict
         ap_from_predictions = load_ap_table(run_dir / AP_TABLE).ap()
     else:
         ap_from_predictions = save_predictions(run_dir, run.config, plan.data, progress)
-    record = {**run_record(plan, run, run_dir, evaluation, ap_from_predictions), **(extra or {})}
+    record = {**run_record(plan, run, run_dir, digest, evaluation, ap_from_predictions), **(extra or {})}
     plan.results_dir.mkdir(parents=True, exist_ok=True)
     if plan.suite.keep_ap_tables:
         shutil.copyfile(run_dir / AP_TABLE, kept_ap_table(plan, run.name))
