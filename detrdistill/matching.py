@@ -93,22 +93,31 @@ class HungarianMatcher:
         return cls(loss.class_cost, loss.bbox_cost, loss.giou_cost, class_head, loss.focal_alpha, loss.focal_gamma)
 
     @torch.no_grad()
+    def cost_terms(self, logits: torch.Tensor, boxes_cxcywh: torch.Tensor, targets: list[dict]
+                   ) -> dict[str, torch.Tensor]:
+        """The weighted parts of the matching cost, each [B, Q, sum n_i] (every query against every
+        target of the batch): {"class": class_cost * classification, "l1": bbox_cost * L1,
+        "giou": -giou_cost * GIoU}; their sum is what ``__call__`` solves. Inputs as ``__call__``."""
+        batch, num_queries = logits.shape[:2]
+        target_labels = torch.cat([t["class_labels"] for t in targets])
+        target_boxes = torch.cat([t["boxes"] for t in targets])
+        flat_logits, flat_boxes = logits.flatten(0, 1), boxes_cxcywh.flatten(0, 1)
+        terms = {
+            "class": self.class_cost
+            * classification_cost(flat_logits, target_labels, self.class_head, self.focal_alpha, self.focal_gamma),
+            "l1": self.bbox_cost * torch.cdist(flat_boxes, target_boxes, p=1),
+            "giou": -self.giou_cost
+            * generalized_box_iou(box_cxcywh_to_xyxy(flat_boxes), box_cxcywh_to_xyxy(target_boxes)),
+        }
+        return {name: term.view(batch, num_queries, -1) for name, term in terms.items()}
+
+    @torch.no_grad()
     def __call__(self, logits: torch.Tensor, boxes_cxcywh: torch.Tensor, targets: list[dict]) -> MatchIndices:
         """logits [B, Q, C], boxes_cxcywh [B, Q, 4], targets: per image ``class_labels`` [n_i] and
         ``boxes`` [n_i, 4] (normalised cxcywh) -> per image (query indices, target indices)."""
-        batch, num_queries = logits.shape[:2]
         sizes = [len(t["boxes"]) for t in targets]
         if sum(sizes) == 0:
             empty = torch.zeros(0, dtype=torch.int64)
             return [(empty, empty) for _ in targets]
-        target_labels = torch.cat([t["class_labels"] for t in targets])
-        target_boxes = torch.cat([t["boxes"] for t in targets])
-        flat_logits, flat_boxes = logits.flatten(0, 1), boxes_cxcywh.flatten(0, 1)
-        cost = (
-            self.class_cost
-            * classification_cost(flat_logits, target_labels, self.class_head, self.focal_alpha, self.focal_gamma)
-            + self.bbox_cost * torch.cdist(flat_boxes, target_boxes, p=1)
-            - self.giou_cost
-            * generalized_box_iou(box_cxcywh_to_xyxy(flat_boxes), box_cxcywh_to_xyxy(target_boxes))
-        )
-        return solve_assignments(cost.view(batch, num_queries, -1), sizes)
+        terms = self.cost_terms(logits, boxes_cxcywh, targets)
+        return solve_assignments(terms["class"] + terms["l1"] + terms["giou"], sizes)

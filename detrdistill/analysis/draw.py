@@ -37,6 +37,14 @@ def load_batch(dataset, indices: list[int]) -> dict:
     return collate_detection([dataset[i] for i in indices])
 
 
+def one_image(batch: dict, index: int) -> dict:
+    """Image ``index`` of a collated batch as a batch of its own (same padded canvas, so its
+    boxes keep their normalised coordinates)."""
+    one = slice(index, index + 1)
+    return {**batch, "pixel_values": batch["pixel_values"][one], "pixel_mask": batch["pixel_mask"][one],
+            "labels": batch["labels"][one], "meta": batch["meta"][one]}
+
+
 def batch_image(batch: dict, index: int) -> np.ndarray:
     """Image ``index`` of a batch as the model saw it (resized, padding cut off): [h, w, 3] in [0, 1]."""
     height, width = batch["meta"][index]["size"]

@@ -108,6 +108,17 @@ class InstabilityResult:
 
 
 @torch.no_grad()
+def match_every_stage(adapter, matcher: HungarianMatcher, batch: dict, device: str | torch.device = "cpu"
+                      ) -> tuple[list[MatchIndices], int]:
+    """A model's own Hungarian match to GT at each of its K decoder stages on a collated batch
+    -> (K per-image matches, Q predictions per image). The model is run as it is (eval mode is
+    the caller's); matching runs on the CPU."""
+    record = adapter(batch["pixel_values"].to(device), batch["pixel_mask"].to(device))
+    logits, boxes = record.logits.float().cpu(), record.boxes_cxcywh.float().cpu()
+    return [matcher(logits[k], boxes[k], batch["labels"]) for k in range(record.num_stages)], logits.shape[2]
+
+
+@torch.no_grad()
 def instability(
     model,
     dataset,
@@ -135,10 +146,7 @@ def instability(
                         generator=torch.Generator())
     per_image, num_queries = [], 0
     for batch in loader:
-        record = adapter(batch["pixel_values"].to(device), batch["pixel_mask"].to(device))
-        logits, boxes = record.logits.float().cpu(), record.boxes_cxcywh.float().cpu()
-        num_queries = logits.shape[2]
-        stage_matches = [matcher(logits[k], boxes[k], batch["labels"]) for k in range(record.num_stages)]
+        stage_matches, num_queries = match_every_stage(adapter, matcher, batch, device)
         per_image.append(instability_from_matches(stage_matches, num_queries))
     model.train(was_training)
     if not per_image:

@@ -123,7 +123,7 @@ def compute_masks(
     for image in range(len(targets)):
         matched = torch.full((logits.shape[1],), -1, dtype=torch.int64)
         matched[matches[image][0]] = matches[image][1]
-        crops = [_valid_crop(valid[image]) for valid in record.feature_masks]
+        crops = [valid_crop(valid[image]) for valid in record.feature_masks]
         result.append(ImageMasks(
             image=batch_image(batch, image),
             gt_boxes_xyxy=to_pixels_xyxy(targets[image]["boxes"], batch["padded_size"]),
@@ -193,7 +193,7 @@ def quality_table(sample: ImageMasks, names: dict | None = None, top: int = 8) -
     return "\n".join(lines)
 
 
-def _valid_crop(valid: torch.Tensor) -> tuple[int, int]:
+def valid_crop(valid: torch.Tensor) -> tuple[int, int]:
     """(rows, cols) of a level's real region: padding is at the bottom and right."""
     return int(valid.any(1).sum()), int(valid.any(0).sum())
 

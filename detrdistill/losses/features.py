@@ -105,12 +105,20 @@ def dot_product_masks(features: torch.Tensor, valid: torch.Tensor, queries: torc
     return torch.einsum("bmd,bdhw->bmhw", queries, features) * valid[:, None]
 
 
+def cosine_masks(features: torch.Tensor, valid: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """The release's per-query map cos(F^T, Q_i): [B, M, H, W] in [-1, 1], 0 on padding.
+
+    features: [B, D, H, W]; valid: [B, H, W] bool; queries: [B, M, D].
+    """
+    cosine = torch.einsum("bmd,bdhw->bmhw", F.normalize(queries, dim=-1), F.normalize(features, dim=1))
+    return cosine * valid[:, None]
+
+
 def release_mask(
     features: torch.Tensor, valid: torch.Tensor, queries: torch.Tensor, weights: torch.Tensor
 ) -> torch.Tensor:
     """The release's mask: sum_i w_i cos(F^T, Q_i), clamped at 0.01, / per-image max -> [B, H, W]."""
-    cosine = torch.einsum("bmd,bdhw->bmhw", F.normalize(queries, dim=-1), F.normalize(features, dim=1))
-    mask = (weights[:, :, None, None] * cosine).sum(1).clamp(min=0.01) * valid
+    mask = (weights[:, :, None, None] * cosine_masks(features, valid, queries)).sum(1).clamp(min=0.01) * valid
     return mask / mask.flatten(1).max(-1).values.clamp(min=1e-6).view(-1, 1, 1)
 
 
@@ -161,6 +169,19 @@ class FeatureDistillation(nn.Module):
             return scores * max_iou(boxes_cxcywh, targets)
         return None
 
+    def masks_per_query(self, features: torch.Tensor, valid: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """Each teacher query's mask psi_i under this form, for one level: [B, M, H, W].
+
+        ``paper``: the raw dot product F . Q_i; ``quality`` and ``vanilla``: the spatial softmax
+        (``vanilla`` averages them over queries); ``release``: cos(F^T, Q_i), which it sums with
+        the query weights. features [B, D, H, W], valid [B, H, W] bool, queries [B, M, D].
+        """
+        if self.config.mask == "paper":
+            return dot_product_masks(features, valid, queries)
+        if self.config.mask == "release":
+            return cosine_masks(features, valid, queries)
+        return query_masks(features, valid, queries, self.config.temperature)
+
     def weight_maps(
         self, features: torch.Tensor, valid: torch.Tensor, queries: torch.Tensor, query_weights: torch.Tensor | None
     ) -> torch.Tensor:
@@ -170,10 +191,7 @@ class FeatureDistillation(nn.Module):
         """
         if self.config.mask == "release":
             return release_mask(features, valid, queries, query_weights) ** 2
-        if self.config.mask == "paper":
-            masks = dot_product_masks(features, valid, queries)
-        else:
-            masks = query_masks(features, valid, queries, self.config.temperature)
+        masks = self.masks_per_query(features, valid, queries)
         if self.config.mask == "vanilla":
             return masks.mean(1) ** 2
         # sum_i q_i / M * psi_i^2: eq. 8's per-query squared masks folded into one map.

@@ -75,6 +75,28 @@ def soft_class_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
 
 
 @torch.no_grad()
+def teacher_student_cost_terms(
+    teacher_logits: torch.Tensor,
+    teacher_boxes: torch.Tensor,
+    student_logits: torch.Tensor,
+    student_boxes: torch.Tensor,
+    class_head: str,
+    config: LogitsDistillConfig,
+) -> dict[str, torch.Tensor]:
+    """The weighted parts of LD's matching cost, each [B, M, N]: {"l1": bbox_cost * L1,
+    "giou": -giou_cost * GIoU, "class": class_cost * KL} ("class" only when class_cost is set).
+    Their sum is the cost ``match_teacher_student`` solves; inputs as there."""
+    terms = {
+        "l1": config.bbox_cost * torch.cdist(teacher_boxes, student_boxes, p=1),
+        "giou": -config.giou_cost
+        * batched_generalized_box_iou(box_cxcywh_to_xyxy(teacher_boxes), box_cxcywh_to_xyxy(student_boxes)),
+    }
+    if config.class_cost:  # without it, a box-only match needs no class targets (see needs_class_targets)
+        terms["class"] = config.class_cost * soft_class_cost(student_logits, teacher_logits, class_head)
+    return terms
+
+
+@torch.no_grad()
 def match_teacher_student(
     teacher_logits: torch.Tensor,
     teacher_boxes: torch.Tensor,
@@ -85,13 +107,8 @@ def match_teacher_student(
 ) -> MatchIndices:
     """One bipartite match per image: [B, M, *] teacher vs [B, N, *] student predictions ->
     per image (teacher indices, student indices), min(M, N) pairs each."""
-    cost = (
-        config.bbox_cost * torch.cdist(teacher_boxes, student_boxes, p=1)
-        - config.giou_cost
-        * batched_generalized_box_iou(box_cxcywh_to_xyxy(teacher_boxes), box_cxcywh_to_xyxy(student_boxes))
-    )
-    if config.class_cost:  # without it, a box-only match needs no class targets (see needs_class_targets)
-        cost = cost + config.class_cost * soft_class_cost(student_logits, teacher_logits, class_head)
+    terms = teacher_student_cost_terms(teacher_logits, teacher_boxes, student_logits, student_boxes, class_head, config)
+    cost = terms["l1"] + terms["giou"] + terms.get("class", 0)
     return solve_each(list(cost.detach().float().cpu()))
 
 
@@ -165,7 +182,7 @@ class LogitsDistillation:
                 is_positive = torch.ones_like(is_positive)
             device = s_logits.device
             batch_idx, teacher_idx, student_idx = batch_idx.to(device), teacher_idx.to(device), student_idx.to(device)
-            box_loss = self._box_loss(s_boxes[batch_idx, student_idx], t_boxes[batch_idx, teacher_idx])
+            box_loss = self.pair_box_loss(s_boxes[batch_idx, student_idx], t_boxes[batch_idx, teacher_idx])
             is_positive = is_positive.to(device)
             if config.normalise == "per_term":
                 positives, negatives = is_positive.sum(), (~is_positive).sum()
@@ -182,7 +199,7 @@ class LogitsDistillation:
                 terms["ld_neg_box"] = terms["ld_neg_box"] + _sum_over_pairs(box_loss, ~is_positive, negatives)
         return terms
 
-    def _box_loss(self, student_boxes: torch.Tensor, teacher_boxes: torch.Tensor) -> torch.Tensor:
+    def pair_box_loss(self, student_boxes: torch.Tensor, teacher_boxes: torch.Tensor) -> torch.Tensor:
         """Per-pair weighted L1 + (1 - GIoU): [P, 4], [P, 4] -> [P]."""
         l1 = (student_boxes - teacher_boxes).abs().sum(-1)
         giou = elementwise_generalized_box_iou(box_cxcywh_to_xyxy(student_boxes), box_cxcywh_to_xyxy(teacher_boxes))
