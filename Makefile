@@ -41,6 +41,12 @@ test: lint
 demo: $(STAMP)
 	$(VENV)/bin/detrdistill demo --data $(DATA) --out runs/demo
 
+# make notebooks: run notebooks/0*.ipynb in place at their default (CPU) size, reusing make demo's
+# and the presets' runs, and keep their outputs (a notebook that fails is left as it was).
+.PHONY: notebooks
+notebooks: $(STAMP)
+	$(VENV)/bin/detrdistill notebooks notebooks/[0-9][0-9]_*.ipynb
+
 # make figures: every analysis figure as PNG into figures/, from `make demo`'s runs (inference,
 # plus two one-epoch students for Fig. 7, trained into runs/analysis/ the first time).
 FIGURE_RUNS ?= runs/demo

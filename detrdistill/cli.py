@@ -1,5 +1,5 @@
 """``detrdistill`` command line: make-shapes, carve-split, pretrain-backbone, train, distill, eval, demo,
-predict, figures, diagnose, bench, show-config."""
+predict, notebooks, figures, diagnose, bench, show-config."""
 
 from __future__ import annotations
 
@@ -147,6 +147,15 @@ def cmd_predict(args) -> None:
     print(f"wrote {written} and {written.parent / 'images.json'}{drawn}")
 
 
+def cmd_notebooks(args) -> None:
+    from detrdistill.notebook_run import execute_notebooks
+
+    lines = execute_notebooks(sorted(args.notebooks), Path.cwd(), timeout_s=args.cell_timeout)
+    print("\n".join(lines))
+    if any("FAILED" in line or "not kept" in line for line in lines):
+        raise SystemExit(1)
+
+
 def cmd_demo(args) -> None:
     from detrdistill.demo import run_demo
 
@@ -272,6 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=Path("data/shapes"))
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("notebooks", help="execute notebooks in place at their default (CPU) size, keeping their "
+                                         "outputs (what `make notebooks` runs)")
+    p.add_argument("notebooks", type=Path, nargs="+", help="the .ipynb files, e.g. notebooks/0*.ipynb")
+    p.add_argument("--cell-timeout", type=int, default=3600, help="seconds one cell may run")
+    p.set_defaults(func=cmd_notebooks)
 
     p = sub.add_parser("figures", help="write every analysis figure (Fig. 4, 6, 7 analogs, ...) as PNG")
     p.add_argument("--data", type=Path, required=True, help="COCO-format dataset directory")

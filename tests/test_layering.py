@@ -18,7 +18,7 @@ FLOORS = (
     ("detrdistill.distiller",),
     ("detrdistill.training",),
     ("detrdistill.runs",),
-    ("detrdistill.bench", "detrdistill.analysis", "detrdistill.demo"),
+    ("detrdistill.bench", "detrdistill.analysis", "detrdistill.demo", "detrdistill.notebook_run"),
     ("detrdistill.cli",),
 )
 

@@ -6,6 +6,7 @@ Makefile's install does the same), so a fresh clone needs nothing else.
 """
 
 import ast
+import json
 import re
 import sys
 from pathlib import Path
@@ -130,3 +131,54 @@ def test_notebook_runs_at_smoke_size(notebook, workspace, monkeypatch):
     as_text = [o for o in outputs if "image/png" not in o.get("data", {})
                and o.get("data", {}).get("text/plain", "").startswith("<Figure")]
     assert not as_text, f"{notebook.name}: {len(as_text)} figure(s) shown as text, not as a picture"
+
+
+def test_notebook_problems_catches_errors_unexecuted_cells_and_disorder():
+    from detrdistill.notebook_run import notebook_problems, stamp
+
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# title"),
+        nbformat.v4.new_code_cell("a = 1", execution_count=1),
+        nbformat.v4.new_code_cell("", execution_count=None),  # empty cells need not run
+        nbformat.v4.new_code_cell("b = a", execution_count=2),
+    ])
+    assert notebook_problems(notebook) == []
+    notebook.cells[3].execution_count = None
+    assert notebook_problems(notebook) == ["cell 3: not executed"]
+    notebook.cells[3].execution_count = 1
+    assert notebook_problems(notebook) == ["cell 3: execution count 1 after 1 (cells run out of order)"]
+    notebook.cells[3].execution_count = 2
+    notebook.cells[1].outputs = [nbformat.v4.new_output("error", ename="KeyError", evalue="'x'", traceback=[])]
+    assert notebook_problems(notebook) == ["cell 1: error output KeyError: 'x'"]
+    stamp(notebook, 90.0, {"teacher_run": "no/such/run", "tiny": False})
+    stamp(notebook, 30.0, {"teacher_run": "no/such/run"})  # a second stamp replaces the first
+    first = "".join(notebook.cells[0].source)
+    assert first.startswith("# title") and first.count("make notebooks") == 1 and "0.5 min" in first
+    assert "`no/such/run` (absent: trained into work_dir)" in first
+
+
+def test_make_notebooks_executes_in_place_and_keeps_a_failing_notebook_unchanged(tmp_path, monkeypatch):
+    from detrdistill.notebook_run import execute_notebooks, notebook_problems
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    good = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# good"),
+        nbformat.v4.new_code_cell("answer = 6 * 7", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("print(answer)"),
+    ])
+    bad = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# bad"),
+                                          nbformat.v4.new_code_cell("1 / 0")])
+    for name, notebook in (("good.ipynb", good), ("bad.ipynb", bad)):
+        notebook.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python 3"}
+        nbformat.write(notebook, tmp_path / name)
+    before = (tmp_path / "bad.ipynb").read_text()
+    lines = execute_notebooks([tmp_path / "good.ipynb", tmp_path / "bad.ipynb"], tmp_path, kernel=ensure_kernel(),
+                              timeout_s=120)
+    assert lines[0].startswith("good.ipynb: executed") and lines[1].startswith("bad.ipynb: FAILED")
+    executed = json.loads((tmp_path / "good.ipynb").read_text())
+    assert notebook_problems(executed) == []
+    assert "42" in "".join(executed["cells"][2]["outputs"][0]["text"])
+    assert "make notebooks" in "".join(executed["cells"][0]["source"])
+    assert "papermill" not in executed["metadata"]
+    assert (tmp_path / "bad.ipynb").read_text() == before
+    assert not list(tmp_path.glob("*.executing.ipynb"))
