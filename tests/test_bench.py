@@ -503,6 +503,7 @@ TINY_CONVERGED = dataclasses.replace(
     teacher_suffix="_converged",
     equal_time=False,
     keep_ap_tables=True,
+    interleaved_times=True,
     targets=(
         Target("plateau", ("student_2x",), ("student",), max_gain=1.0),
         Target("gain with interval", ("all",), ("student_2x",), min_gain=-1.0, interval=True),
@@ -524,8 +525,8 @@ def test_converged_suite_rows_teacher_targets_and_reuse_from_records_alone(shape
     page = results / "tinyconverged"
     names = sorted(p.name for p in page.iterdir())
     # No equal-time row, no FGD row outside its family; each record with its AP table beside it.
-    assert names == sorted(f"conditional_detr__{key}__seed{seed}.{ext}" for key in ("student", "student_2x", "all")
-                           for seed in (0, 1) for ext in ("json", "ap.npz"))
+    assert names == sorted([f"conditional_detr__{key}__seed{seed}.{ext}" for key in ("student", "student_2x", "all")
+                            for seed in (0, 1) for ext in ("json", "ap.npz")] + ["step_ms_conditional_detr.json"])
     record = lambda key, seed: json.loads((page / f"conditional_detr__{key}__seed{seed}.json").read_text())  # noqa: E731
     assert record("student", 0)["steps"] == 4 and record("student_2x", 0)["steps"] == 8
     assert [c["step"] for c in record("student_2x", 0)["checkpoints"]] == [2, 4, 6, 8]  # at the suite's interval
@@ -546,12 +547,19 @@ def test_converged_suite_rows_teacher_targets_and_reuse_from_records_alone(shape
     teacher_ap = summary["families"]["conditional_detr"]["teacher"]["eval"]["AP"]
     assert [b.get_height() for b in bars.patches] == pytest.approx(
         [100 * teacher_ap] + [100 * rows[k]["mean"]["AP"] for k in ("student", "student_2x", "all")])
-    for axis, x in ((by_step, "step"), (by_time, "elapsed_s")):
+    # Training time is steps x each row's step time measured interleaved in one process, kept beside the page.
+    timing = json.loads((page / "step_ms_conditional_detr.json").read_text())
+    assert set(timing["step_ms"]) == {"student", "student_2x", "all"} and timing["cpu"]
+    assert timing["digests"]["all"] == record("all", 0)["config_digest"]
+    for key in ("student", "student_2x", "all"):
+        assert rows[key]["cost_min"] == pytest.approx(rows[key]["mean"]["steps"] * timing["step_ms"][key] / 60000)
+        assert f"- {rows[key]['label']}: {timing['step_ms'][key]:.0f} ms a step" in text
+    for axis, x in ((by_step, "step"), (by_time, "cost_min")):
         curve = {line.get_label(): line for line in axis.get_lines()}["student, 2S"]
         points = rows["student_2x"]["checkpoints"]
-        scale = 1 if x == "step" else 1 / 60
-        assert list(curve.get_xdata()) == pytest.approx([p[x] * scale for p in points])
+        assert list(curve.get_xdata()) == pytest.approx([p[x] for p in points])
         assert list(curve.get_ydata()) == pytest.approx([100 * p["AP"] for p in points])
+    assert "measured interleaved" in by_time.get_xlabel()
 
     # A new machine: the run directories are gone, the records and AP tables (committed) and the
     # teacher are not. Nothing retrains, and the page keeps its intervals.

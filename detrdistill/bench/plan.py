@@ -42,6 +42,11 @@ def run_name(family: str, key: str, seed: int) -> str:
     return f"{family}__{key}__seed{seed}"
 
 
+def row_step_times_file(plan: SuitePlan, family: str) -> Path:
+    """Where a suite with ``interleaved_times`` keeps the family's rows' step times (``runner.row_step_times``)."""
+    return plan.results_dir / f"step_ms_{family}.json"
+
+
 def kept_ap_table(plan: SuitePlan, name: str) -> Path:
     """Where a suite that keeps AP tables (``Suite.keep_ap_tables``) copies run ``name``'s, beside its record."""
     return plan.results_dir / f"{name}.ap.npz"

@@ -88,6 +88,14 @@ def render_markdown(summary: dict, plan: SuitePlan) -> str:
             label = row["label"] + ("" if len(row["seeds"]) == len(summary["seeds"]) else
                                     f" ({len(row['seeds'])} of {len(summary['seeds'])} seeds)")
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {gain} | {paper} |")
+        costed = [row for row in section["rows"] if "cost_min" in row]
+        if costed:
+            interleaved = section["interleaved"]
+            lines += ["", f"Cost of each row on this machine ({interleaved['cpu']}): its steps x its step time "
+                      f"measured interleaved with the other rows in one process (`{interleaved['file']}`), not its "
+                      "wall clock:", ""]
+            lines += [f"- {row['label']}: {row['interleaved_ms']:.0f} ms a step, {row['cost_min']:.1f} min"
+                      for row in costed]
         equal_time = section["equal_time"]
         if equal_time:
             lines += ["", f"Equal wall-clock time: {labels.get(suite.reference)} - "

@@ -40,6 +40,7 @@ from detrdistill.bench.plan import (
     make_plan,
     plan_run,
     planned_runs,
+    row_step_times_file,
     run_name,
     same_time_steps,
     same_time_variant,
@@ -282,6 +283,32 @@ def equal_time_timing(plan: SuitePlan, family: str, reference_key: str, baseline
     return timing
 
 
+def row_step_times(plan: SuitePlan, family: str) -> dict:
+    """Every row's training step time for ``family``, measured interleaved in one process
+    (``timing.py``): {"step_ms": {row: ms}, "digests": {row: config digest}, "cpu", ...}.
+
+    Kept in RESULTS/step_ms_<family>.json (a step time belongs to the machine: the record names
+    the CPU's instruction set) and measured again when a row's config or the CPU changed."""
+    runs = {v.key: plan_run(plan, family, v, 0) for v in plan.variants() if v.runs_for(family)}
+    digests = {key: config_digest(r.config, r.teacher_dir) for key, r in runs.items()}
+    cpu = torch.backends.cpu.get_cpu_capability()
+    path = row_step_times_file(plan, family)
+    if path.is_file():
+        kept = json.loads(path.read_text())
+        if kept.get("digests") == digests and kept.get("cpu") == cpu:
+            return kept
+    monitor = LoadMonitor()  # interleaving evens out load; the record still says what there was
+    measured = interleaved_step_ms({key: (r.config, r.teacher_dir) for key, r in runs.items()}, plan.data)
+    print(f"[bench] {family}: step times measured interleaved: "
+          + ", ".join(f"{key} {ms:.0f} ms" for key, ms in measured.items()))
+    timing = {"step_ms": {key: round(ms, 1) for key, ms in measured.items()}, "digests": digests, "cpu": cpu,
+              "machine": machine_facts(), "method": "interleaved in one process (bench/timing.py)",
+              "machine_load": monitor.summary()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_record(path, timing)
+    return timing
+
+
 def run_suite(
     suite: Suite, data: Path, runs: Path, results: Path, seeds: int = 3, quick: bool = False,
     families: list[str] | None = None, teachers: Path = Path("runs/presets"), command: str | None = None,
@@ -336,6 +363,11 @@ def run_suite(
                 finished[same_time] = execute(plan, same_time_run, progress, {"equal_time_timing": timing})
                 if commit:
                     commit_files(result_files(plan, same_time), f"Results: {plan.result_name} {same_time}")
+        for family in chosen if suite.interleaved_times else ():
+            row_step_times(plan, family)
+            if commit:
+                commit_files([row_step_times_file(plan, family)],
+                             f"Results: {plan.result_name} {family} step times, measured interleaved")
     page = write_report(plan, resamples=resamples)
     if commit:
         commit_files([page.with_suffix(suffix) for suffix in (".md", ".json", ".png")],

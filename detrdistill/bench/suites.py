@@ -118,6 +118,10 @@ class Suite:
     # Copy each run's AP table beside its record, so a page rebuilds (with intervals) and a
     # finished run is reused on a machine where its run directory is gone.
     keep_ap_tables: bool = False
+    # Measure every row's step time interleaved in one process once a family's runs are done
+    # (``runner.row_step_times``): the page's cost column and its AP-against-time curves then
+    # use steps x those times, not wall clocks that other work on the machine stretched.
+    interleaved_times: bool = False
 
     def variant(self, key: str) -> Variant:
         for variant in self.variants:
@@ -415,6 +419,7 @@ CONVERGED = Suite(
     paper_teacher={"deformable_detr": 45.5, "conditional_detr": 42.4, "adamixer": 43.6},
     equal_time=False,  # the 2S student is the cost comparison: DETRDistill's S steps cost about 2S student steps
     keep_ap_tables=True,
+    interleaved_times=True,
     targets=(
         Target("the student is on its plateau: student at 2S - student at S < 1 AP", (STUDENT_2X,), (STUDENT,),
                max_gain=0.01, source="issue 22"),

@@ -19,7 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from detrdistill.bench.bootstrap import check_same_images, load_ap_table, paired_gain, resample_counts, resampled_aps
-from detrdistill.bench.plan import AP_TABLE, SuitePlan, kept_ap_table, run_name, same_time_variant
+from detrdistill.bench.plan import (
+    AP_TABLE,
+    SuitePlan,
+    kept_ap_table,
+    row_step_times_file,
+    run_name,
+    same_time_variant,
+)
 from detrdistill.bench.suites import SAME_TIME, TEACHER, Target, Variant
 from detrdistill.evaluate import AP_KEYS
 from detrdistill.runs import model_digest
@@ -231,6 +238,7 @@ def build_summary(plan: SuitePlan, resamples: int = 1000) -> dict:
                 "paper_gain": None if paper is None or baseline_paper is None else round(paper - baseline_paper, 1),
                 "checkpoints": checkpoints_over_seeds(runs),
             })
+        section["interleaved"] = add_interleaved_costs(plan, family, section["rows"], rows)
         reference = rows.get(suite.reference, [])
         section["equal_time"] = estimator.gain(reference, rows.get(SAME_TIME, [])) if reference else None
         same_time_runs = rows.get(SAME_TIME, [])
@@ -246,6 +254,28 @@ def build_summary(plan: SuitePlan, resamples: int = 1000) -> dict:
             checked = check_target(target, rows, labels, teacher_ap, gain_of)
             summary["targets"].append({"family": family, "text": target.text, "source": target.source, **checked})
     return summary
+
+
+def add_interleaved_costs(plan: SuitePlan, family: str, section_rows: list[dict],
+                          records: dict[str, list[dict]]) -> dict | None:
+    """Give each row of a suite with ``interleaved_times`` its step time measured interleaved
+    (``runner.row_step_times``) and its cost, steps x that time ("interleaved_ms", "cost_min",
+    and "cost_min" at each checkpoint), when the measurement is of the row's own config; return
+    the measurement's facts (None without one)."""
+    path = row_step_times_file(plan, family)
+    if not plan.suite.interleaved_times or not path.is_file():
+        return None
+    timing = json.loads(path.read_text())
+    for row in section_rows:
+        ms = timing["step_ms"].get(row["key"])
+        digests = {r.get("config_digest") for r in records.get(row["key"], [])}
+        if ms is None or digests != {timing["digests"].get(row["key"])}:
+            continue  # measured for another config of the row: no cost rather than a wrong one
+        row["interleaved_ms"] = ms
+        row["cost_min"] = row["mean"]["steps"] * ms / 60000
+        for point in row["checkpoints"]:
+            point["cost_min"] = point["step"] * ms / 60000
+    return {"cpu": timing["cpu"], "machine_load": timing.get("machine_load"), "file": str(path)}
 
 
 def shared_core_runs(rows: dict[str, list[dict]]) -> list[str]:
