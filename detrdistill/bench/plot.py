@@ -35,7 +35,9 @@ def draw_summary(summary: dict) -> Figure:
         bars.set_ylim(bottom=0)
         bars.set_xticks(list(positions), labels, rotation=30, ha="right", fontsize=8)
         bars.set_ylabel("AP (val, x100)")
-        bars.set_title(f"{summary['suite']}: {family} (mean ± std over {len(summary['seeds'])} seed(s))", fontsize=10)
+        seeds = max((len(row["seeds"]) for row in section["rows"]), default=0)  # a partial page has fewer
+        bars.set_title(f"{summary['suite']}: {family} (mean ± std over {seeds} of {len(summary['seeds'])} seed(s))",
+                       fontsize=10)
         # Steps x step times measured interleaved where the suite has them: a wall clock counts
         # whatever else the machine ran.
         interleaved = all("cost_min" in row for row in section["rows"] if row["checkpoints"])
