@@ -17,6 +17,7 @@ from detrdistill.models.adapters.base import (
     DetrAdapter,
     capture_call_kwargs,
     extend_call_kwargs,
+    queries_per_image,
     query_groups_kept_apart,
     split_levels,
     split_mask_levels,
@@ -59,11 +60,10 @@ class DeformableDetrAdapter(DetrAdapter):
         return torch.stack(logits), torch.stack(boxes)
 
     def _group_inputs(self, queries: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """queries [Q', 2D] -> content [B, Q', D], position [B, Q', D], reference points [B, Q', 2]."""
-        position, content = torch.split(queries, self.d_model, dim=1)
-        position = position.unsqueeze(0).expand(batch, -1, -1)
+        """queries [Q', 2D] or [B, Q', 2D] -> content [B, Q', D], position [B, Q', D], reference points [B, Q', 2]."""
+        position, content = torch.split(queries_per_image(queries, batch), self.d_model, dim=-1)
         reference = self.model.model.reference_points(position).sigmoid()
-        return content.unsqueeze(0).expand(batch, -1, -1), position, reference
+        return content, position, reference
 
     def _forward(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, group: torch.Tensor | None) -> DetrRecord:
         inner = self.model.model
