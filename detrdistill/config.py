@@ -230,6 +230,9 @@ class LogitsDistillConfig:
     neg_reg: bool = True  # box KD on negative pairs (paper footnote 1: no class term there)
     progressive: bool = True  # student stage k <- teacher stage ceil(k K_T / K_S); else the last
     all_pairs: bool = False  # the public release: class + box on every pair, no pos/neg split
+    # RT-DETR / D-FINE teacher and student only: distil the encoder's top-k proposals (the stage that
+    # picks the decoder's queries) as one more LD stage, added to the ld_* sums.
+    proposal_stage: bool = False
     # Each term's denominator. "per_term": the mean over that term's own pairs (positives or
     # negatives), so the few positives weigh as much as the many negatives. "matched": every
     # term's sum over the number of matched pairs, as the release normalises; the paper's eq. 2-4

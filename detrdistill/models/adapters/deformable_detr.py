@@ -87,7 +87,7 @@ class DeformableDetrAdapter(DetrAdapter):
             stack.enter_context(capture_call_kwargs(inner.decoder, decoder_kwargs))
             if group is not None:
                 stack.enter_context(extend_call_kwargs(inner.decoder, append_group))
-                sizes = [self.config.num_queries, group.shape[0]]
+                sizes = [self.config.num_queries, group.shape[-2]]
                 stack.enter_context(query_groups_kept_apart([layer.self_attn for layer in inner.decoder.layers], sizes))
             output = inner(pixel_values=pixel_values, pixel_mask=pixel_mask)
         level_shapes = [tuple(s) for s in decoder_kwargs["spatial_shapes_list"]]

@@ -62,7 +62,7 @@ class DetrFamilyAdapter(DetrAdapter):
             stack.enter_context(capture_outputs([inner.input_projection], projected))
             if group is not None:
                 stack.enter_context(extend_call_kwargs(inner.decoder, append_group))
-                sizes = [self.config.num_queries, group.shape[0]]
+                sizes = [self.config.num_queries, group.shape[-2]]
                 stack.enter_context(query_groups_kept_apart([layer.self_attn for layer in inner.decoder.layers], sizes))
             output = inner(pixel_values=pixel_values, pixel_mask=pixel_mask)
         batch, width, height_l, width_l = projected[0].shape
