@@ -232,7 +232,7 @@ def load_detector(model_dir: str | Path) -> PreTrainedModel:
     if json.loads((model_dir / "config.json").read_text()).get("model_type") == AdaMixerConfig.model_type:
         model_class = AdaMixerForObjectDetection
     try:
-        return model_class.from_pretrained(model_dir)
+        model = model_class.from_pretrained(model_dir)
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         weights = sorted(p.name for p in model_dir.glob("*.safetensors")) or ["no *.safetensors file"]
         raise FileNotFoundError(
@@ -241,3 +241,8 @@ def load_detector(model_dir: str | Path) -> PreTrainedModel:
             "directory that still has its checkpoint.pt, the same train/distill command with --resume writes "
             "model/ and eval.json anew from it."
         ) from error
+    if getattr(model.config, "anchor_image_size", None):
+        # An RT-DETR / D-FINE checkpoint may fix its proposal anchors to one input size, which in
+        # eval mode then takes no other; generated for each input they are the same at that size.
+        model.config.anchor_image_size = None
+    return model
