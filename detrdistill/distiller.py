@@ -8,6 +8,8 @@ The losses only read ``DetrRecord``s, so any supported family can teach any othe
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -108,6 +110,11 @@ class DETRDistillObjective:
     @property
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.student, "distill_heads": self.heads}
+
+    @property
+    def size_divisor(self) -> int:
+        """What the batches' canvas sides must be multiples of: both models' needs (``collate_detection``)."""
+        return math.lcm(self.student_adapter.size_divisor, self.teacher_adapter.size_divisor)
 
     def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
         pixel_values, pixel_mask, targets = batch["pixel_values"], batch["pixel_mask"], batch["labels"]

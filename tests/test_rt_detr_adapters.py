@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForObjectDetection
 
+from detrdistill.data.collate import collate_detection
 from detrdistill.models.adapters import adapter_for
 from detrdistill.models.build import load_detector
 from detrdistill.models.label_sets import restrict_to_dataset_classes
@@ -279,3 +280,24 @@ def test_unsupported_configurations_are_refused(tiny_detector):
     model.config.learn_initial_query = True
     with pytest.raises(ValueError, match="learn_initial_query"):
         adapter_for(model)
+
+
+def test_batches_are_padded_to_the_coarsest_stride(tiny_detector):
+    """RT-DETR's FPN doubles each level onto the next finer one, so the canvas must be a multiple
+    of its coarsest stride: collate_detection pads up to adapter.size_divisor, boxes following."""
+    model = tiny_detector("rt_detr").eval()
+    adapter = adapter_for(model)
+    assert adapter.size_divisor == 32 and adapter_for(tiny_detector("conditional_detr")).size_divisor == 1
+    items = [(torch.rand(3, 50, 70), {"boxes_xyxy_abs": torch.tensor([[10.0, 10.0, 30.0, 40.0]]),
+                                      "class_labels": torch.tensor([1]), "image_id": 1, "orig_size": (50, 70)}),
+             (torch.rand(3, 64, 40), {"boxes_xyxy_abs": torch.zeros(0, 4), "class_labels": torch.zeros(0),
+                                      "image_id": 2, "orig_size": (64, 40)})]
+    batch = collate_detection(items, adapter.size_divisor)
+    assert batch["padded_size"] == (64, 96) and batch["pixel_values"].shape == (2, 3, 64, 96)
+    assert batch["pixel_mask"][0, :50, :70].all() and not batch["pixel_mask"][0, 50:].any()
+    torch.testing.assert_close(batch["labels"][0]["boxes"], torch.tensor([[20 / 96, 25 / 64, 20 / 96, 30 / 64]]))
+    with torch.no_grad():
+        assert adapter(batch["pixel_values"], batch["pixel_mask"]).logits.shape[2] == NUM_QUERIES
+        with pytest.raises(RuntimeError, match="Sizes of tensors must match"):
+            unpadded = collate_detection(items)
+            adapter(unpadded["pixel_values"], unpadded["pixel_mask"])

@@ -13,6 +13,7 @@ forward/backward passes; ``train.mixed_precision`` autocasts them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import random
@@ -67,6 +68,11 @@ class DetectionObjective:
     def modules(self) -> dict[str, torch.nn.Module]:
         """Everything whose state a checkpoint must hold."""
         return {"model": self.model}
+
+    @property
+    def size_divisor(self) -> int:
+        """What the batches' canvas sides must be multiples of (``collate_detection``)."""
+        return self.adapter.size_divisor
 
     def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
         labels, num_boxes = batch["labels"], batch.get("num_boxes")
@@ -204,7 +210,7 @@ def fit(
     loader = DataLoader(
         SeededAugmentation(train_set),
         batch_sampler=sampler,
-        collate_fn=collate_detection,
+        collate_fn=functools.partial(collate_detection, size_divisor=objective.size_divisor),
         num_workers=config.data.num_workers,
         generator=torch.Generator().manual_seed(train.seed),
     )

@@ -177,6 +177,11 @@ class DetrAdapter:
         raise NotImplementedError
 
     @property
+    def size_divisor(self) -> int:
+        """The input canvas's sides must be multiples of this (``collate_detection``'s size_divisor)."""
+        return 1
+
+    @property
     def query_dim(self) -> int:
         """D_q, the width of this family's query prior (``DetrRecord.query_embeddings``)."""
         return self.learned_queries().shape[-1]

@@ -95,6 +95,12 @@ class RTDetrAdapter(DetrAdapter):
         return self.model.config.num_feature_levels
 
     @property
+    def size_divisor(self) -> int:
+        """The coarsest stride: the FPN upsamples each level x2 onto the next finer one, so every
+        level's size must be exactly twice the next coarser one's."""
+        return max(self.model.config.feat_strides)
+
+    @property
     def query_dim(self) -> int:
         """D + 4: content, then the inverse-sigmoid reference box."""
         return self.d_model + 4
