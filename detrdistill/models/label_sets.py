@@ -8,7 +8,9 @@ dataset's categories are kept, in the dataset's order; predictions for those cla
 unchanged (sigmoid heads exactly; softmax heads keep the no-object row and renormalise over
 fewer classes). RT-DETR and D-FINE have two more: the encoder's proposal scores
 (``enc_score_head``), and the label embedding of their denoising queries
-(``denoising_class_embed``, whose last row is the padding label).
+(``denoising_class_embed``, whose last row is the padding label). They pick their queries by
+each position's best score over all classes, so a restricted model may select other
+proposals than the full one: its detections of the kept classes are not the same.
 """
 
 from __future__ import annotations

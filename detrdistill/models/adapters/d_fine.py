@@ -19,10 +19,12 @@ modes with the decoder's own modules and arithmetic, so the last stage equals th
 ``logits`` / ``pred_boxes``. Requires ``eval_idx`` to be the last layer (the released
 models' setting).
 
-The per-edge distributions (``intermediate_predicted_corners``) are not in the record:
-a corner-distribution distillation term (D-FINE's own localisation distillation, KL between
-a teacher's and the student's per-edge distributions of matched pairs) would read them
-from ``decoder_hidden`` through ``model.model.decoder.bbox_embed`` next to LD's matches.
+The per-edge distributions (``intermediate_predicted_corners``, the ``corners`` below,
+[B, T, 4 (max_num_bins + 1)] logits) are not in the record. A corner-distribution KL term for
+a D-FINE pair (D-FINE's own localisation self-distillation, across models) would add them as
+an optional record field filled here, and pair them per stage with LD's teacher-student
+matches (``match_teacher_student``) in ``losses/logits.py``; both models need the same
+``max_num_bins``, ``up`` and ``reg_scale`` for the bins to mean the same offsets.
 """
 
 from __future__ import annotations

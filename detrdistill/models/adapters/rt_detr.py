@@ -28,8 +28,10 @@ inverse-sigmoid reference points. The decoder refines those boxes stage by stage
   queries)`` feeds the content as ``inputs_embeds`` and the boxes as ``reference_points`` to
   the decoder, so the teacher's selected proposals (mapped to the student's width when they
   differ) run in the student's decoder, on the student's memory; ``decode(record,
-  record.query_embeddings)`` reproduces the record. Queries of another family (e.g.
-  Deformable DETR's learned [Q, 2D]) arrive through AD's learned linear map, as for any pair.
+  record.query_embeddings)`` reproduces the record. Between different widths, and from
+  another family (e.g. Deformable DETR's learned [Q, 2D]), the prior arrives through AD's
+  learned linear map, as for any pair; that map mixes the box part into the content like any
+  other coordinate, so it starts without the teacher's boxes and has to learn them.
   ``forward_with_group`` appends the group after the model's own queries (and after the
   denoising groups) with a block-diagonal self-attention mask that keeps transformers'
   denoising mask inside its block.
@@ -39,6 +41,8 @@ inverse-sigmoid reference points. The decoder refines those boxes stage by stage
   are the projected backbone maps entering the hybrid encoder (``encoder_hidden_dim`` wide).
   RT-DETR ignores padding; ``feature_masks`` are the pixel mask resized to each level, as
   transformers' backbone wrapper computes them.
+- **Canvas**: the FPN upsamples each level x2 onto the next finer one, so the input's sides
+  must be multiples of the coarsest stride (``size_divisor``; ``collate_detection`` pads to it).
 """
 
 from __future__ import annotations
