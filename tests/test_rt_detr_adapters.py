@@ -8,7 +8,7 @@ from transformers import AutoModelForObjectDetection
 
 from detrdistill.data.collate import collate_detection
 from detrdistill.models.adapters import adapter_for
-from detrdistill.models.build import load_detector
+from detrdistill.models.build import build_detector, load_detector
 from detrdistill.models.label_sets import restrict_to_dataset_classes
 from tests.conftest import PROPOSAL_FAMILIES, make_tiny_model_config
 from tests.test_adapters import NUM_LABELS, PERTURB, labels_for_batch, padded_batch
@@ -223,11 +223,9 @@ def test_denoising_queries_stay_out_of_the_record(family, tiny_detector):
         assert adapter_for(model.eval())(pixel_values, pixel_mask, labels).denoising is None
 
 
-def test_without_denoising_queries_configured_there_are_none(tiny_detector):
+def test_without_denoising_queries_configured_there_are_none():
     config = make_tiny_model_config("rt_detr")
     config.num_denoising = 0
-    from detrdistill.models.build import build_detector
-
     model = build_detector(config, {0: "a", 1: "b", 2: "c"}).train()
     record = adapter_for(model)(*padded_batch(), labels_for_batch())
     assert record.denoising is None and record.logits.shape[2] == NUM_QUERIES
