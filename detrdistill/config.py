@@ -57,7 +57,7 @@ class BackboneConfig:
     trainable: str = "all_but_stem"
 
 
-MODEL_FAMILIES = ("detr", "conditional_detr", "deformable_detr", "adamixer")
+MODEL_FAMILIES = ("detr", "conditional_detr", "deformable_detr", "adamixer", "rt_detr", "rt_detr_v2", "d_fine")
 
 
 @dataclass
@@ -74,7 +74,7 @@ class ModelConfig:
     decoder_ffn_dim: int = 512
     num_queries: int = 30
     dropout: float = 0.0
-    # Deformable DETR only.
+    # Deformable DETR only (decoder_n_points: also RT-DETR and D-FINE).
     num_feature_levels: int = 3
     with_box_refine: bool = True
     encoder_n_points: int = 4
@@ -85,6 +85,10 @@ class ModelConfig:
     adamixer_groups: int = 4
     adamixer_out_points: int = 128
     adamixer_learn_initial_boxes: bool = False  # the paper: every query starts from the whole image
+    # RT-DETR (rt_detr, rt_detr_v2) and D-FINE (d_fine) only: contrastive denoising queries added in
+    # training (transformers' default and the papers' 100; 0: none). Their levels are backbone.out_features
+    # (the papers': stage2, stage3, stage4), their AIFI layers encoder_layers; decoder_n_points is theirs too.
+    num_denoising: int = 100
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     # Start from a from_pretrained-compatible directory instead of building from the above.
     pretrained: str | None = None
@@ -226,6 +230,9 @@ class LogitsDistillConfig:
     neg_reg: bool = True  # box KD on negative pairs (paper footnote 1: no class term there)
     progressive: bool = True  # student stage k <- teacher stage ceil(k K_T / K_S); else the last
     all_pairs: bool = False  # the public release: class + box on every pair, no pos/neg split
+    # RT-DETR / D-FINE teacher and student only: distil the encoder's top-k proposals (the stage that
+    # picks the decoder's queries) as one more LD stage, added to the ld_* sums.
+    proposal_stage: bool = False
     # Each term's denominator. "per_term": the mean over that term's own pairs (positives or
     # negatives), so the few positives weigh as much as the many negatives. "matched": every
     # term's sum over the number of matched pairs, as the release normalises; the paper's eq. 2-4

@@ -8,12 +8,15 @@ The losses only read ``DetrRecord``s, so any supported family can teach any othe
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from detrdistill.config import ConfigError, RunConfig
 from detrdistill.losses.assignment import AssignmentDistillation
 from detrdistill.losses.baselines import baseline_terms, build_baseline
+from detrdistill.losses.denoising import denoising_terms
 from detrdistill.losses.detection import DetectionLoss
 from detrdistill.losses.features import FeatureDistillation, class_scores
 from detrdistill.losses.logits import LogitsDistillation, stage_mapping
@@ -55,8 +58,12 @@ def teacher_logits_for(student_head: str, teacher_logits: torch.Tensor, teacher_
 class DETRDistillObjective:
     """Callable training objective: batch -> dict of named, weighted loss terms.
 
-    Terms: det_cls, det_bbox, det_giou (the student's own loss), ld_pos_cls, ld_pos_box,
+    Terms: det_cls, det_bbox, det_giou (the student's own loss; det_dn_cls, det_dn_bbox,
+    det_dn_giou too for a student that trains with denoising queries), ld_pos_cls, ld_pos_box,
     ld_neg_box (x lambda_ld), fd (x lambda_fd), ad_cls, ad_bbox, ad_giou (x lambda_ad).
+
+    Only the student gets the batch's targets, and only for its denoising groups, which its
+    record keeps apart from the stages every distillation term reads.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, config: RunConfig):
@@ -71,6 +78,10 @@ class DETRDistillObjective:
                 f"{self.student_adapter.num_classes}: distill between models of the same label set"
             )
         self.logits_distillation = LogitsDistillation(self.config.logits, student_head)
+        if self.config.logits.enabled and self.config.logits.proposal_stage and not (
+                self.student_adapter.has_proposals and self.teacher_adapter.has_proposals):
+            raise ConfigError("distill.logits.proposal_stage needs a teacher and a student with encoder proposals "
+                              "(RT-DETR, D-FINE); turn it off for this pair")
         if self.config.logits.enabled and self.logits_distillation.needs_class_targets:
             teacher_logits_for(student_head, torch.zeros(1, 2), teacher_head)  # fail early on a bad pairing
         self.criterion = DetectionLoss(config.loss, self.student_adapter.num_classes, student_head)
@@ -83,9 +94,13 @@ class DETRDistillObjective:
             )
         assignment = None
         if self.config.assignment.enabled:
-            assignment = AssignmentDistillation(
-                self.teacher_adapter.learned_queries().shape[1], self.student_adapter.learned_queries().shape[1]
-            )
+            if self.teacher_adapter.per_image_queries and not self.student_adapter.takes_per_image_queries:
+                raise ConfigError(
+                    f"a {teacher.config.model_type} teacher selects its queries per image, and a "
+                    f"{student.config.model_type} student decodes only one query set for all images: "
+                    "set distill.assignment.enabled: false for this pair"
+                )
+            assignment = AssignmentDistillation(self.teacher_adapter.query_dim, self.student_adapter.query_dim)
         baseline = build_baseline(
             self.config.baseline, self.student_adapter.d_model, self.teacher_adapter.d_model,
             self.student_adapter.num_feature_levels,
@@ -95,6 +110,11 @@ class DETRDistillObjective:
     @property
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.student, "distill_heads": self.heads}
+
+    @property
+    def size_divisor(self) -> int:
+        """What the batches' canvas sides must be multiples of: both models' needs (``collate_detection``)."""
+        return math.lcm(self.student_adapter.size_divisor, self.teacher_adapter.size_divisor)
 
     def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
         pixel_values, pixel_mask, targets = batch["pixel_values"], batch["pixel_mask"], batch["labels"]
@@ -109,12 +129,16 @@ class DETRDistillObjective:
                 for k in range(teacher.num_stages if needs_match else 0)
             ]
         cfg = self.config
+        num_boxes = batch.get("num_boxes")
         if cfg.assignment.enabled:
             prior_queries = self.heads.assignment.prior_queries(teacher.query_embeddings)
-            student, prior_group = self.student_adapter.forward_with_group(pixel_values, pixel_mask, prior_queries)
+            student, prior_group = self.student_adapter.forward_with_group(pixel_values, pixel_mask, prior_queries,
+                                                                           targets)
         else:
-            student = self.student_adapter(pixel_values, pixel_mask)
-        terms, _ = self.criterion(student.logits, student.boxes_cxcywh, targets, num_boxes=batch.get("num_boxes"))
+            student = self.student_adapter(pixel_values, pixel_mask, targets)
+        terms, _ = self.criterion(*student.detection_stages(), targets, num_boxes=num_boxes)
+        if student.denoising is not None:
+            terms.update(denoising_terms(self.criterion, student.denoising, targets, num_boxes))
         student_head = self.student_adapter.class_head
 
         if cfg.logits.enabled:
@@ -124,6 +148,9 @@ class DETRDistillObjective:
             logits_terms = self.logits_distillation(
                 student.logits, student.boxes_cxcywh, teacher_logits, teacher.boxes_cxcywh, teacher_gt
             )
+            if cfg.logits.proposal_stage:
+                proposal_terms = self._proposal_stage_terms(student, teacher, targets)
+                logits_terms = {name: value + proposal_terms[name] for name, value in logits_terms.items()}
             terms.update({name: cfg.lambda_ld * value for name, value in logits_terms.items()})
 
         if cfg.features.enabled:
@@ -137,10 +164,20 @@ class DETRDistillObjective:
         if cfg.assignment.enabled:
             stage_map = stage_mapping(student.num_stages, teacher.num_stages, progressive=True)
             assignment_terms = self.heads.assignment(
-                prior_group, teacher_gt, stage_map, targets, self.criterion, batch.get("num_boxes")
+                prior_group, teacher_gt, stage_map, targets, self.criterion, num_boxes
             )
             terms.update({name: cfg.lambda_ad * value for name, value in assignment_terms.items()})
 
         if self.heads.baseline is not None:  # a comparison baseline (losses/baselines/)
             terms.update(baseline_terms(self.heads.baseline, cfg.baseline, student, teacher, targets))
         return terms
+
+    def _proposal_stage_terms(self, student, teacher, targets) -> dict[str, torch.Tensor]:
+        """LD on the encoder's top-k proposals alone, one stage each, the teacher's positives
+        from its own match of its proposals to the ground truth."""
+        with torch.no_grad():
+            teacher_gt = self.teacher_matcher(teacher.proposals.logits[0], teacher.proposals.boxes_cxcywh[0], targets)
+        return self.logits_distillation(
+            student.proposals.logits, student.proposals.boxes_cxcywh, teacher.proposals.logits,
+            teacher.proposals.boxes_cxcywh, [teacher_gt],
+        )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
@@ -34,7 +36,8 @@ def predict(
     # A private generator: evaluating in the middle of training must not draw from the global
     # RNG, or how often a run evaluates would change its augmentations afterwards.
     loader = DataLoader(
-        Subset(dataset, indices), batch_size=batch_size, collate_fn=collate_detection, generator=torch.Generator()
+        Subset(dataset, indices), batch_size=batch_size, generator=torch.Generator(),
+        collate_fn=functools.partial(collate_detection, size_divisor=adapter.size_divisor),
     )
     results, image_ids = [], []
     for batch in tqdm(loader, desc="evaluating", leave=False, disable=not progress):

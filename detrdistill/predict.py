@@ -87,7 +87,7 @@ def predict_images(model_dir: str | Path, paths: list[Path], batch_size: int = 1
             target = {"image_id": image_id, "boxes_xyxy_abs": torch.zeros(0, 4), "class_labels": torch.zeros(0),
                       "orig_size": torch.tensor([image.height, image.width])}
             batch.append(transforms(image, target))
-        collated = collate_detection(batch)
+        collated = collate_detection(batch, adapter.size_divisor)
         output = model(pixel_values=collated["pixel_values"].to(device), pixel_mask=collated["pixel_mask"].to(device))
         results += [r for r in predictions_to_coco(output.logits, output.pred_boxes, collated["meta"],
                                                    collated["padded_size"], category_ids,

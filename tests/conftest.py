@@ -29,13 +29,19 @@ from detrdistill.models.build import build_detector  # noqa: E402
 torch.set_num_threads(1)
 
 FAMILIES = ("detr", "conditional_detr", "deformable_detr")
+# Queries from the encoder's top-k proposals (tests/test_rt_detr_*.py).
+PROPOSAL_FAMILIES = ("rt_detr", "rt_detr_v2", "d_fine")
 TINY_ID2LABEL = {0: "circle", 1: "square", 2: "triangle"}
 IMAGE_SIZE = 64
 
 
 def make_tiny_model_config(family: str) -> ModelConfig:
-    """A tiny detector of ``family``: d_model 32, 2 encoder / 3 decoder layers, 10 queries."""
+    """A tiny detector of ``family``: d_model 32, 2 encoder / 3 decoder layers, 10 queries
+    (RT-DETR, D-FINE: strides 8, 16, 32 and 20 denoising queries)."""
     multi_scale = family == "deformable_detr"
+    out_features = ["stage3", "stage4"] if multi_scale else ["stage3"]
+    if family in PROPOSAL_FAMILIES:
+        out_features = ["stage2", "stage3", "stage4"]
     return ModelConfig(
         family=family,
         d_model=32,
@@ -51,11 +57,12 @@ def make_tiny_model_config(family: str) -> ModelConfig:
         with_box_refine=True,
         encoder_n_points=2,
         decoder_n_points=2,
+        num_denoising=20,
         backbone=BackboneConfig(
             embedding_size=8,
             hidden_sizes=[8, 16, 32, 64],
             depths=[1, 1, 1, 1],
-            out_features=["stage3", "stage4"] if multi_scale else ["stage3"],
+            out_features=out_features,
         ),
     )
 

@@ -173,6 +173,24 @@ def test_a_query_group_in_the_same_pass_equals_a_separate_decoder_pass(family, t
     assert record.decoder_inputs.keys() == alone.decoder_inputs.keys()
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_query_set_per_image_works_as_one_shared_set(family, tiny_detector):
+    """A query prior per image [B, Q', D_q] (an RT-DETR teacher's) decodes, alone or as a group,
+    like the same queries shared [Q', D_q]; and each image's own set is used for that image."""
+    model = tiny_detector(family, perturb=PERTURB).eval()
+    adapter = adapter_for(model)
+    shared = torch.randn(7, adapter.query_dim, generator=torch.Generator().manual_seed(1))
+    per_image = torch.stack([shared, shared.flip(0)])
+    with torch.no_grad():
+        record = adapter(*padded_batch())
+        alone = adapter.decode(record, shared)
+        decoded = adapter.decode(record, per_image)
+        _, group = adapter.forward_with_group(*padded_batch(), per_image)
+    torch.testing.assert_close(decoded.boxes_cxcywh[:, 0], alone.boxes_cxcywh[:, 0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(decoded.boxes_cxcywh[:, 1], alone.boxes_cxcywh[:, 1].flip(1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(group.boxes_cxcywh, decoded.boxes_cxcywh, atol=1e-5, rtol=0)
+
+
 def test_without_the_group_mask_the_groups_would_interact(tiny_detector, monkeypatch):
     """Guards the test above: a shared pass with no mask gives the own queries other outputs."""
     model = tiny_detector("conditional_detr", perturb=PERTURB).eval()

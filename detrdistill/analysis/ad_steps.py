@@ -32,7 +32,8 @@ class AdStep:
     """One image's extra query group. K = student stages, M = teacher queries, n = GT boxes.
 
     Attributes:
-        prior_queries: [M, D_q] the extra group, teacher queries mapped to the student's width.
+        prior_queries: [M, D_q] the extra group, teacher queries mapped to the student's width (the
+            image's own for a teacher that selects its queries per image: RT-DETR, D-FINE).
         boxes_xyxy: [K, M, 4] px, the student's answer to each teacher query at each stage.
         teacher_boxes_xyxy: [M, 4] px, the teacher's own last-stage boxes.
         stage_map: [K] the teacher stage whose assignment trains each student stage.
@@ -63,7 +64,7 @@ def ad_step(student, teacher, batch: dict, image: int = 0, query_map: nn.Module 
     teacher.eval()
     t = teacher_adapter(batch["pixel_values"], batch["pixel_mask"])
     s = student_adapter(batch["pixel_values"], batch["pixel_mask"])
-    assignment = AssignmentDistillation(t.query_embeddings.shape[1], s.query_embeddings.shape[1])
+    assignment = AssignmentDistillation(teacher_adapter.query_dim, student_adapter.query_dim)
     assignment.query_map = query_map or nn.Identity()
     prior_queries = assignment.prior_queries(t.query_embeddings)
     one = slice(image, image + 1)  # the image's own outputs: the forward pass treats images apart
@@ -77,7 +78,7 @@ def ad_step(student, teacher, batch: dict, image: int = 0, query_map: nn.Module 
     terms = assignment(decoded, teacher_gt, stage_map, targets, criterion)
     size = batch["padded_size"]
     return AdStep(
-        prior_queries=prior_queries.numpy(),
+        prior_queries=(prior_queries[image] if prior_queries.dim() == 3 else prior_queries).numpy(),
         boxes_xyxy=to_pixels_xyxy(decoded.boxes_cxcywh[:, 0], size),
         teacher_boxes_xyxy=to_pixels_xyxy(t.boxes_cxcywh[-1, image], size),
         stage_map=stage_map,

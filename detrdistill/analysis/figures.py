@@ -149,10 +149,10 @@ def draw_figures(
     figures[FIG_LD] = plot_ld_pairs(batch, pairs)
 
     answers = {}
-    teacher_dim = adapter_for(teacher_run.model).learned_queries().shape[1]
+    teacher_dim = adapter_for(teacher_run.model).query_dim
     for key in ("ad", "distilled"):
         if key in loaded and loaded[key].config.distill.assignment.enabled:
-            student_dim = adapter_for(loaded[key].model).learned_queries().shape[1]
+            student_dim = adapter_for(loaded[key].model).query_dim
             query_map = load_query_map(loaded[key].path, teacher_dim, student_dim)
             answers[LABELS[key]] = answer_teacher_queries(loaded[key].model, teacher_run.model, batch, query_map,
                                                           teacher_run.config.loss)

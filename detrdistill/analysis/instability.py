@@ -16,6 +16,7 @@ The pure functions work on match indices; ``instability`` runs a model over a da
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,7 +143,8 @@ def instability(
     was_training = model.training
     model.eval().to(device)
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
-    loader = DataLoader(Subset(dataset, range(count)), batch_size=batch_size, collate_fn=collate_detection,
+    loader = DataLoader(Subset(dataset, range(count)), batch_size=batch_size,
+                        collate_fn=functools.partial(collate_detection, size_divisor=adapter.size_divisor),
                         generator=torch.Generator())
     per_image, num_queries = [], 0
     for batch in loader:

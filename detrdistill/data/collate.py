@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 
 
-def collate_detection(batch: list[tuple[torch.Tensor, dict]]) -> dict:
-    """Pads images bottom/right to the largest h and w in the batch.
+def collate_detection(batch: list[tuple[torch.Tensor, dict]], size_divisor: int = 1) -> dict:
+    """Pads images bottom/right to the largest h and w in the batch, rounded up to a multiple of
+    ``size_divisor`` (RT-DETR and D-FINE need 32: their FPN doubles each level into the next;
+    ``adapter.size_divisor`` says what a model needs).
 
     Returns:
         pixel_values: FloatTensor [B, 3, H, W], zeros in the padding.
@@ -24,8 +26,8 @@ def collate_detection(batch: list[tuple[torch.Tensor, dict]]) -> dict:
                 "tensor [3, h, w]. Build the dataset with transforms=build_transforms(...), which ends in "
                 "ToTensorNormalize."
             )
-    height = max(image.shape[1] for image, _ in batch)
-    width = max(image.shape[2] for image, _ in batch)
+    height = -(-max(image.shape[1] for image, _ in batch) // size_divisor) * size_divisor
+    width = -(-max(image.shape[2] for image, _ in batch) // size_divisor) * size_divisor
     pixel_values = batch[0][0].new_zeros((len(batch), 3, height, width))
     pixel_mask = torch.zeros((len(batch), height, width), dtype=torch.long)
     canvas = torch.tensor([width, height, width, height], dtype=torch.float32)

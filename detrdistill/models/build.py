@@ -1,6 +1,9 @@
 """Build a transformers DETR-family detector from a ``ModelConfig``, or load a saved one.
 
-Everything is built offline from configs: no hub download, no timm, no torchvision.
+Everything is built offline from configs: no hub download, no timm, no torchvision. Every
+family built here has the same transformers ResNet backbone (``model.backbone``), so one
+pretrained backbone serves them all; hub RT-DETR / D-FINE checkpoints bring their own
+(RTDetrResNet, HGNetV2) and load with ``model.pretrained``.
 Trained models are plain transformers directories (``save_pretrained``), so
 ``AutoModelForObjectDetection.from_pretrained(dir)`` reloads them anywhere. AdaMixer is the
 package's own (``models/adamixer``): its directories say ``model_type: "adamixer"`` and
@@ -22,8 +25,14 @@ from transformers import (
     DeformableDetrForObjectDetection,
     DetrConfig,
     DetrForObjectDetection,
+    DFineConfig,
+    DFineForObjectDetection,
     PreTrainedModel,
     ResNetConfig,
+    RTDetrConfig,
+    RTDetrForObjectDetection,
+    RTDetrV2Config,
+    RTDetrV2ForObjectDetection,
 )
 
 from detrdistill.config import BackboneConfig, ConfigError, ModelConfig
@@ -34,7 +43,12 @@ FAMILIES = {
     "conditional_detr": (ConditionalDetrConfig, ConditionalDetrForObjectDetection),
     "deformable_detr": (DeformableDetrConfig, DeformableDetrForObjectDetection),
     "adamixer": (AdaMixerConfig, AdaMixerForObjectDetection),
+    "rt_detr": (RTDetrConfig, RTDetrForObjectDetection),
+    "rt_detr_v2": (RTDetrV2Config, RTDetrV2ForObjectDetection),
+    "d_fine": (DFineConfig, DFineForObjectDetection),
 }
+# Families whose queries are the encoder's top-k proposals (a hybrid encoder, no learned queries).
+PROPOSAL_FAMILIES = ("rt_detr", "rt_detr_v2", "d_fine")
 
 
 def resnet_config(backbone: BackboneConfig) -> ResNetConfig:
@@ -52,6 +66,8 @@ def detector_config(model: ModelConfig, id2label: dict[int, str]):
         raise ConfigError(f"model.family {model.family!r} is not one of {sorted(FAMILIES)}")
     if model.family == "adamixer":
         return adamixer_config(model, id2label)
+    if model.family in PROPOSAL_FAMILIES:
+        return rt_detr_config(model, id2label)
     config_class, _ = FAMILIES[model.family]
     kwargs = dict(
         backbone_config=resnet_config(model.backbone),
@@ -79,6 +95,53 @@ def detector_config(model: ModelConfig, id2label: dict[int, str]):
             two_stage=False,
         )
     return config_class(**kwargs)
+
+
+def rt_detr_config(model: ModelConfig, id2label: dict[int, str]):
+    """RT-DETR (v1, v2) and D-FINE from a ``ModelConfig``.
+
+    The feature levels are ``backbone.out_features`` (stageN has stride 2^(N+1)), each
+    projected to ``d_model``, which is the hybrid encoder's width too; ``encoder_layers`` are
+    the AIFI self-attention layers on the coarsest level (``encoder_*`` heads and FFN width
+    theirs); ``num_denoising`` the contrastive denoising queries in training. The rest keeps
+    transformers' defaults, which are the papers'. Anchors are generated for each input size.
+    """
+    stages = []
+    for name in model.backbone.out_features:
+        if not (name.startswith("stage") and name.removeprefix("stage").isdigit()):
+            raise ConfigError(f"model.backbone.out_features: {name!r} is not a ResNet stage (stage1 .. stage4)")
+        stages.append(int(name.removeprefix("stage")))
+    levels = len(stages)
+    config_class, _ = FAMILIES[model.family]
+    kwargs = dict(
+        backbone_config=resnet_config(model.backbone),
+        encoder_in_channels=[model.backbone.hidden_sizes[stage - 1] for stage in stages],
+        feat_strides=[2 ** (stage + 1) for stage in stages],
+        encoder_hidden_dim=model.d_model,
+        d_model=model.d_model,
+        decoder_in_channels=[model.d_model] * levels,
+        num_feature_levels=levels,
+        encode_proj_layers=[levels - 1],
+        encoder_layers=model.encoder_layers,
+        encoder_attention_heads=model.encoder_attention_heads,
+        encoder_ffn_dim=model.encoder_ffn_dim,
+        decoder_layers=model.decoder_layers,
+        decoder_attention_heads=model.decoder_attention_heads,
+        decoder_ffn_dim=model.decoder_ffn_dim,
+        decoder_n_points=model.decoder_n_points,
+        num_queries=model.num_queries,
+        dropout=model.dropout,
+        num_denoising=model.num_denoising,
+        anchor_image_size=None,
+        id2label={int(k): v for k, v in id2label.items()},
+        label2id={v: int(k) for k, v in id2label.items()},
+    )
+    if model.family == "rt_detr_v2":
+        kwargs["decoder_n_levels"] = levels
+    try:
+        return config_class(**kwargs)
+    except ValueError as error:
+        raise ConfigError(f"model (family {model.family}): {error}") from error
 
 
 def adamixer_config(model: ModelConfig, id2label: dict[int, str]) -> AdaMixerConfig:
@@ -169,7 +232,7 @@ def load_detector(model_dir: str | Path) -> PreTrainedModel:
     if json.loads((model_dir / "config.json").read_text()).get("model_type") == AdaMixerConfig.model_type:
         model_class = AdaMixerForObjectDetection
     try:
-        return model_class.from_pretrained(model_dir)
+        model = model_class.from_pretrained(model_dir)
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         weights = sorted(p.name for p in model_dir.glob("*.safetensors")) or ["no *.safetensors file"]
         raise FileNotFoundError(
@@ -178,3 +241,8 @@ def load_detector(model_dir: str | Path) -> PreTrainedModel:
             "directory that still has its checkpoint.pt, the same train/distill command with --resume writes "
             "model/ and eval.json anew from it."
         ) from error
+    if getattr(model.config, "anchor_image_size", None):
+        # An RT-DETR / D-FINE checkpoint may fix its proposal anchors to one input size, which in
+        # eval mode then takes no other; generated for each input they are the same at that size.
+        model.config.anchor_image_size = None
+    return model

@@ -13,13 +13,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import ConditionalDetrImageProcessor, DeformableDetrImageProcessor, DetrImageProcessor
+from transformers import (
+    ConditionalDetrImageProcessor,
+    DeformableDetrImageProcessor,
+    DetrImageProcessor,
+    RTDetrImageProcessor,
+)
 
 from detrdistill.config import DataConfig
 from detrdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 PROCESSORS = {"detr": DetrImageProcessor, "conditional_detr": ConditionalDetrImageProcessor,
-              "deformable_detr": DeformableDetrImageProcessor}
+              "deformable_detr": DeformableDetrImageProcessor, "rt_detr": RTDetrImageProcessor,
+              "rt_detr_v2": RTDetrImageProcessor, "d_fine": RTDetrImageProcessor}  # D-FINE's hub processor is RT-DETR's
 # transformers needs a longest edge; without data.max_size nothing caps it.
 UNCAPPED_LONGEST_EDGE = 1_000_000
 

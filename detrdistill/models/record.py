@@ -25,11 +25,21 @@ class DetrRecord:
         feature_masks: per level [B, H_l, W_l], True where the pixel is real (not padding).
         encoder_inputs: per level [B, D, H_l, W_l], the projected backbone maps that enter
             the encoder (the release's choice for feature distillation).
-        query_embeddings: [Q, D_q] the learned object queries (D_q = 2D for Deformable DETR:
-            position half then content half).
+        query_embeddings: the query prior, what ``decode`` takes to reproduce this pass: [Q, D_q]
+            learned object queries (D_q = 2D for Deformable DETR: position half then content half),
+            or [B, Q, D_q] for families that select their queries per image from the encoder's
+            top-k proposals (RT-DETR, D-FINE: the decoder's initial content, then its initial
+            reference box as inverse-sigmoid cxcywh, D_q = D + 4).
         class_head: "sigmoid" or "softmax".
         decoder_inputs: the decoder call's keyword arguments, kept to run the decoder again
             on the same encoder output with other queries (see the adapter's ``decode``).
+        proposals: the encoder's top-k proposals that seeded the decoder (RT-DETR, D-FINE), as
+            one extra stage [1, B, Q, ...] before the decoder's (decoder_hidden: the selected
+            content); None for families without. The detection loss supervises it (it is how the
+            proposal head learns); LD reads it only with ``distill.logits.proposal_stage``.
+        denoising: the outputs of the denoising queries (RT-DETR, D-FINE, training with targets
+            only); None otherwise. Only the detection loss reads them: they are never part of
+            the stages above, so no distillation term ever sees one.
     """
 
     logits: torch.Tensor
@@ -41,6 +51,8 @@ class DetrRecord:
     query_embeddings: torch.Tensor
     class_head: str
     decoder_inputs: dict[str, Any] = field(default_factory=dict, repr=False)
+    proposals: DecodedQueries | None = None
+    denoising: DenoisingOutputs | None = None
 
     @property
     def num_stages(self) -> int:
@@ -56,7 +68,8 @@ class DetrRecord:
         (feature levels with their ``strides`` when given): the notebooks' view of a forward pass."""
         rows = [("logits", "K, B, Q, C", self.logits), ("boxes_cxcywh", "K, B, Q, 4", self.boxes_cxcywh),
                 ("decoder_hidden", "K, B, Q, D", self.decoder_hidden),
-                ("query_embeddings", "Q, D_q", self.query_embeddings)]
+                ("query_embeddings", "Q, D_q" if self.query_embeddings.dim() == 2 else "B, Q, D_q",
+                 self.query_embeddings)]
         for level, (feature, encoder_input) in enumerate(zip(self.features, self.encoder_inputs, strict=True)):
             where = f"level {level}" + (f", stride {strides[level]}" if strides else "")
             rows += [(f"features ({where})", "B, D, H_l, W_l", feature),
@@ -64,6 +77,14 @@ class DetrRecord:
         lines = ["| field | dimensions | shape |", "|---|---|---|"]
         lines += [f"| {name} | [{dims}] | {list(tensor.shape)} |" for name, dims, tensor in rows]
         return "\n".join(lines) + f"\n\nclass head: {self.class_head}"
+
+    def detection_stages(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [K', B, Q, C], boxes_cxcywh [K', B, Q, 4]): every stage the detector's own loss
+        supervises, the encoder's proposals (where the family has them) before the decoder's."""
+        if self.proposals is None:
+            return self.logits, self.boxes_cxcywh
+        return (torch.cat([self.proposals.logits, self.logits]),
+                torch.cat([self.proposals.boxes_cxcywh, self.boxes_cxcywh]))
 
 
 @dataclass
@@ -79,6 +100,27 @@ class DecodedQueries:
     decoder_hidden: torch.Tensor
 
 
+@dataclass
+class DenoisingOutputs:
+    """The denoising queries of one training pass (RT-DETR, D-FINE): noised copies of the
+    ground-truth boxes and labels, decoded beside the object queries behind transformers' own
+    attention mask, each positive one trained to reconstruct its box (DN-DETR / DINO).
+
+    N = denoising queries (dn_num_split[0]: groups x 2 x the batch's most objects).
+
+    Attributes:
+        logits: [K, B, N, C]; boxes_cxcywh: [K, B, N, 4], the same stages as the record's.
+        matches: per image (denoising query indices, GT indices): which box each positive
+            query reconstructs; negatives and padding are trained towards no object.
+        num_groups: denoising groups; the loss normalises by num_boxes x num_groups.
+    """
+
+    logits: torch.Tensor
+    boxes_cxcywh: torch.Tensor
+    matches: list[tuple[torch.Tensor, torch.Tensor]]
+    num_groups: int
+
+
 def record_in_float32(record: DetrRecord) -> DetrRecord:
     """The record with every floating-point tensor as float32 (a no-op for float32 ones)."""
 
@@ -87,7 +129,9 @@ def record_in_float32(record: DetrRecord) -> DetrRecord:
             return value.float()
         if isinstance(value, list):
             return [cast(v) for v in value]
+        if isinstance(value, DecodedQueries):
+            return DecodedQueries(*(cast(getattr(value, f.name)) for f in dataclasses.fields(value)))
         return value
 
-    tensors = [f.name for f in dataclasses.fields(record) if f.name != "decoder_inputs"]
+    tensors = [f.name for f in dataclasses.fields(record) if f.name not in ("decoder_inputs", "denoising")]
     return dataclasses.replace(record, **{name: cast(getattr(record, name)) for name in tensors})

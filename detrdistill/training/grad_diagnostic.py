@@ -29,9 +29,12 @@ import torch
 from torch import nn
 
 PARAMETER_GROUPS = ("backbone", "encoder", "decoder", "heads", "distill_heads")
-# Module names of the class and box heads in transformers' DETR family and in our AdaMixer.
-HEAD_MODULES = {"class_embed", "bbox_embed", "class_labels_classifier", "bbox_predictor", "class_head", "box_head"}
-ENCODER_MODULES = {"encoder", "input_proj", "input_projection", "input_projections", "level_embed"}
+# Module names of the class and box heads in transformers' DETR family and in our AdaMixer
+# (RT-DETR / D-FINE: also the proposal heads, D-FINE's first-guess and quality heads).
+HEAD_MODULES = {"class_embed", "bbox_embed", "class_labels_classifier", "bbox_predictor", "class_head", "box_head",
+                "enc_score_head", "enc_bbox_head", "pre_bbox_head", "lqe_layers"}
+ENCODER_MODULES = {"encoder", "input_proj", "input_projection", "input_projections", "level_embed",
+                   "encoder_input_proj", "decoder_input_proj", "enc_output"}
 
 
 def parameter_group(name: str) -> str:

@@ -13,6 +13,7 @@ forward/backward passes; ``train.mixed_precision`` autocasts them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import random
@@ -31,6 +32,7 @@ from detrdistill.config import RunConfig, save_config
 from detrdistill.data.coco import CocoDetection
 from detrdistill.data.collate import collate_detection
 from detrdistill.distributed import max_over_processes, mean_over_processes
+from detrdistill.losses.denoising import denoising_terms
 from detrdistill.losses.detection import DetectionLoss
 from detrdistill.models.adapters import adapter_for
 from detrdistill.models.processors import save_image_processor
@@ -53,7 +55,9 @@ from detrdistill.training.sampler import ResumableBatchSampler, SeededAugmentati
 
 
 class DetectionObjective:
-    """The detector's own loss: Hungarian matching + focal/CE + L1 + GIoU on every stage."""
+    """The detector's own loss: Hungarian matching + focal/CE + L1 + GIoU on every stage (the
+    encoder's proposals included, where the family has them), and the denoising loss of
+    families that train with denoising queries."""
 
     def __init__(self, model, config: RunConfig):
         self.model = model
@@ -65,9 +69,17 @@ class DetectionObjective:
         """Everything whose state a checkpoint must hold."""
         return {"model": self.model}
 
+    @property
+    def size_divisor(self) -> int:
+        """What the batches' canvas sides must be multiples of (``collate_detection``)."""
+        return self.adapter.size_divisor
+
     def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
-        record = self.adapter(batch["pixel_values"], batch["pixel_mask"])
-        terms, _ = self.criterion(record.logits, record.boxes_cxcywh, batch["labels"], num_boxes=batch.get("num_boxes"))
+        labels, num_boxes = batch["labels"], batch.get("num_boxes")
+        record = self.adapter(batch["pixel_values"], batch["pixel_mask"], labels)  # labels: denoising groups
+        terms, _ = self.criterion(*record.detection_stages(), labels, num_boxes=num_boxes)
+        if record.denoising is not None:
+            terms.update(denoising_terms(self.criterion, record.denoising, labels, num_boxes))
         return terms
 
 
@@ -198,7 +210,7 @@ def fit(
     loader = DataLoader(
         SeededAugmentation(train_set),
         batch_sampler=sampler,
-        collate_fn=collate_detection,
+        collate_fn=functools.partial(collate_detection, size_divisor=objective.size_divisor),
         num_workers=config.data.num_workers,
         generator=torch.Generator().manual_seed(train.seed),
     )

@@ -21,7 +21,7 @@ from detrdistill.evaluate import AP_KEYS
 
 COCO_AREA_RANGES = {"small": [0, 32**2], "medium": [32**2, 96**2], "large": [96**2, 1e10]}
 FAMILY_NAMES = {"detr": "DETR", "conditional_detr": "Conditional DETR", "deformable_detr": "Deformable DETR",
-                "adamixer": "AdaMixer"}
+                "adamixer": "AdaMixer", "rt_detr": "RT-DETR", "rt_detr_v2": "RT-DETRv2", "d_fine": "D-FINE"}
 
 
 def _teacher_facts(teacher: str | None) -> dict | None:

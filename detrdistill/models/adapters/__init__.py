@@ -3,14 +3,19 @@
 from detrdistill.models.adapters.adamixer import AdaMixerAdapter
 from detrdistill.models.adapters.base import DetrAdapter
 from detrdistill.models.adapters.conditional_detr import ConditionalDetrAdapter
+from detrdistill.models.adapters.d_fine import DFineAdapter
 from detrdistill.models.adapters.deformable_detr import DeformableDetrAdapter
 from detrdistill.models.adapters.detr import DetrFamilyAdapter
+from detrdistill.models.adapters.rt_detr import RTDetrAdapter
 
 ADAPTERS = {
     "detr": DetrFamilyAdapter,
     "conditional_detr": ConditionalDetrAdapter,
     "deformable_detr": DeformableDetrAdapter,
     "adamixer": AdaMixerAdapter,
+    "rt_detr": RTDetrAdapter,
+    "rt_detr_v2": RTDetrAdapter,
+    "d_fine": DFineAdapter,
 }
 
 

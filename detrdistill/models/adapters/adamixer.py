@@ -18,6 +18,7 @@ from detrdistill.models.record import DecodedQueries, DetrRecord
 
 class AdaMixerAdapter(DetrAdapter):
     class_head = "sigmoid"
+    takes_per_image_queries = False  # AdaMixerForObjectDetection.decode takes one set [Q', D + 4]
 
     @property
     def num_feature_levels(self) -> int:
@@ -26,12 +27,15 @@ class AdaMixerAdapter(DetrAdapter):
     def learned_queries(self) -> torch.Tensor:
         return self.model.learned_queries()
 
-    def __call__(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> DetrRecord:
+    def __call__(
+        self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, targets: list[dict] | None = None
+    ) -> DetrRecord:
         features = self.model.encode(pixel_values, pixel_mask)
         return self._record(features, self.model.decode(self.learned_queries(), features))
 
     def forward_with_group(
-        self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, queries: torch.Tensor
+        self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, queries: torch.Tensor,
+        targets: list[dict] | None = None,
     ) -> tuple[DetrRecord, DecodedQueries]:
         features = self.model.encode(pixel_values, pixel_mask)
         own = self.learned_queries()

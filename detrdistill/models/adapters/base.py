@@ -7,6 +7,10 @@ keyword arguments with the query arguments replaced), or inside the same pass as
 query group that a block-diagonal self-attention mask keeps apart from the model's own
 queries (``forward_with_group``, what assignment distillation trains with: one decoder
 pass instead of two).
+
+Query priors are [Q', D_q], one set for every image, or [B, Q', D_q], a set per image (what
+RT-DETR and D-FINE select from their encoder's proposals); ``queries_per_image`` makes
+either [B, Q', D_q].
 """
 
 from __future__ import annotations
@@ -90,6 +94,11 @@ def extend_call_kwargs(module: nn.Module, extend):
         handle.remove()
 
 
+def queries_per_image(queries: torch.Tensor, batch: int) -> torch.Tensor:
+    """[Q', D_q] (shared by every image) or [B, Q', D_q] -> [B, Q', D_q]."""
+    return queries.unsqueeze(0).expand(batch, -1, -1) if queries.dim() == 2 else queries
+
+
 def split_group(record: DetrRecord, own_queries: int) -> tuple[DetrRecord, DecodedQueries]:
     """A record of a grouped pass [K, B, Q + Q', ...] -> (the model's own record, the extra group)."""
     own = dataclasses.replace(
@@ -129,9 +138,19 @@ class DetrAdapter:
 
     Subclasses set ``class_head`` and implement ``_forward`` (one pass, optionally with an
     extra query group), ``decode`` and ``learned_queries``.
+
+    ``targets`` (per image ``class_labels`` [n_i], ``boxes`` [n_i, 4]) are read only by
+    families that train with denoising queries (RT-DETR, D-FINE), in training mode; the
+    others ignore them.
     """
 
     class_head: str = "sigmoid"
+    # Whether records carry the encoder's top-k proposals (``DetrRecord.proposals``).
+    has_proposals: bool = False
+    # Whether the query prior is a set per image, [B, Q, D_q] (selected, not learned).
+    per_image_queries: bool = False
+    # Whether decode / forward_with_group take a query set per image, [B, Q', D_q].
+    takes_per_image_queries: bool = True
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -157,7 +176,19 @@ class DetrAdapter:
         """[Q, D_q] the learned object query embeddings."""
         raise NotImplementedError
 
-    def __call__(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> DetrRecord:
+    @property
+    def size_divisor(self) -> int:
+        """The input canvas's sides must be multiples of this (``collate_detection``'s size_divisor)."""
+        return 1
+
+    @property
+    def query_dim(self) -> int:
+        """D_q, the width of this family's query prior (``DetrRecord.query_embeddings``)."""
+        return self.learned_queries().shape[-1]
+
+    def __call__(
+        self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, targets: list[dict] | None = None
+    ) -> DetrRecord:
         """Forward pass. pixel_values [B, 3, H, W]; pixel_mask [B, H, W] (1 = real pixel)."""
         return self._forward(pixel_values, pixel_mask, None)
 
@@ -167,7 +198,8 @@ class DetrAdapter:
         raise NotImplementedError
 
     def decode(self, record: DetrRecord, queries: torch.Tensor) -> DecodedQueries:
-        """Run this model's decoder on ``record``'s encoder output with ``queries`` [Q', D_q].
+        """Run this model's decoder on ``record``'s encoder output with ``queries`` [Q', D_q] or
+        [B, Q', D_q]; ``decode(record, record.query_embeddings)`` reproduces the record.
 
         The queries form their own group: they attend to each other and to the encoder
         output, never to the model's own queries (it is a separate decoder pass).
@@ -175,8 +207,9 @@ class DetrAdapter:
         raise NotImplementedError
 
     def forward_with_group(
-        self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, queries: torch.Tensor
+        self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, queries: torch.Tensor,
+        targets: list[dict] | None = None,
     ) -> tuple[DetrRecord, DecodedQueries]:
-        """The record of a forward pass and the outputs for ``queries`` [Q', D_q] run as a second
-        group in the same decoder pass: equal to ``decode(record, queries)``, in one pass."""
+        """The record of a forward pass and the outputs for ``queries`` [Q', D_q] or [B, Q', D_q]
+        run as a second group in the same decoder pass: equal to ``decode(record, queries)``, in one pass."""
         return split_group(self._forward(pixel_values, pixel_mask, queries), self.config.num_queries)

@@ -17,6 +17,7 @@ from detrdistill.models.adapters.base import (
     DetrAdapter,
     capture_call_kwargs,
     extend_call_kwargs,
+    queries_per_image,
     query_groups_kept_apart,
     split_levels,
     split_mask_levels,
@@ -59,11 +60,10 @@ class DeformableDetrAdapter(DetrAdapter):
         return torch.stack(logits), torch.stack(boxes)
 
     def _group_inputs(self, queries: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """queries [Q', 2D] -> content [B, Q', D], position [B, Q', D], reference points [B, Q', 2]."""
-        position, content = torch.split(queries, self.d_model, dim=1)
-        position = position.unsqueeze(0).expand(batch, -1, -1)
+        """queries [Q', 2D] or [B, Q', 2D] -> content [B, Q', D], position [B, Q', D], reference points [B, Q', 2]."""
+        position, content = torch.split(queries_per_image(queries, batch), self.d_model, dim=-1)
         reference = self.model.model.reference_points(position).sigmoid()
-        return content.unsqueeze(0).expand(batch, -1, -1), position, reference
+        return content, position, reference
 
     def _forward(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, group: torch.Tensor | None) -> DetrRecord:
         inner = self.model.model
@@ -87,7 +87,7 @@ class DeformableDetrAdapter(DetrAdapter):
             stack.enter_context(capture_call_kwargs(inner.decoder, decoder_kwargs))
             if group is not None:
                 stack.enter_context(extend_call_kwargs(inner.decoder, append_group))
-                sizes = [self.config.num_queries, group.shape[0]]
+                sizes = [self.config.num_queries, group.shape[-2]]
                 stack.enter_context(query_groups_kept_apart([layer.self_attn for layer in inner.decoder.layers], sizes))
             output = inner(pixel_values=pixel_values, pixel_mask=pixel_mask)
         level_shapes = [tuple(s) for s in decoder_kwargs["spatial_shapes_list"]]

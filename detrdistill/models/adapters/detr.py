@@ -14,6 +14,7 @@ from detrdistill.models.adapters.base import (
     capture_call_kwargs,
     capture_outputs,
     extend_call_kwargs,
+    queries_per_image,
     query_groups_kept_apart,
 )
 from detrdistill.models.record import DecodedQueries, DetrRecord
@@ -43,7 +44,7 @@ class DetrFamilyAdapter(DetrAdapter):
         encoder_kwargs, decoder_kwargs, layer_outputs, projected = {}, {}, [], []
 
         def append_group(kwargs: dict) -> dict:
-            position = group.unsqueeze(0).expand(kwargs["inputs_embeds"].shape[0], -1, -1)
+            position = queries_per_image(group, kwargs["inputs_embeds"].shape[0])
             return {
                 **kwargs,
                 "inputs_embeds": torch.cat([kwargs["inputs_embeds"], torch.zeros_like(position)], 1),
@@ -61,7 +62,7 @@ class DetrFamilyAdapter(DetrAdapter):
             stack.enter_context(capture_outputs([inner.input_projection], projected))
             if group is not None:
                 stack.enter_context(extend_call_kwargs(inner.decoder, append_group))
-                sizes = [self.config.num_queries, group.shape[0]]
+                sizes = [self.config.num_queries, group.shape[-2]]
                 stack.enter_context(query_groups_kept_apart([layer.self_attn for layer in inner.decoder.layers], sizes))
             output = inner(pixel_values=pixel_values, pixel_mask=pixel_mask)
         batch, width, height_l, width_l = projected[0].shape
@@ -84,7 +85,7 @@ class DetrFamilyAdapter(DetrAdapter):
     def decode(self, record: DetrRecord, queries: torch.Tensor) -> DecodedQueries:
         decoder = self.model.model.decoder
         batch = record.logits.shape[1]
-        position = queries.unsqueeze(0).expand(batch, -1, -1)
+        position = queries_per_image(queries, batch)
         kwargs = dict(record.decoder_inputs)
         kwargs.update(
             inputs_embeds=torch.zeros_like(position),
