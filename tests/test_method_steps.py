@@ -177,3 +177,9 @@ def test_stage_assignments_give_the_instability_of_that_image(conditional_models
         query_of_gt = found[label].query_of_gt
         assert query_of_gt.shape == (3, len(batch["labels"][2]["boxes"]))
         assert all(len(set(row.tolist())) == len(row) for row in query_of_gt)  # one query per GT box
+
+
+def test_load_batch_pads_the_canvas_to_a_models_size_divisor(val):
+    batch = load_batch(val, [0, 1], size_divisor=48)
+    assert all(side % 48 == 0 for side in batch["padded_size"])
+    assert batch["pixel_mask"][:, batch["meta"][0]["size"][0]:].sum() == 0  # the added rows are padding

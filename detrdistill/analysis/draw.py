@@ -32,9 +32,11 @@ def new_figure(rows: int, cols: int, panel_inches: float = PANEL_INCHES) -> tupl
     return figure, axes
 
 
-def load_batch(dataset, indices: list[int]) -> dict:
-    """A collated batch (see ``collate_detection``) of the dataset items at ``indices``."""
-    return collate_detection([dataset[i] for i in indices])
+def load_batch(dataset, indices: list[int], size_divisor: int = 1) -> dict:
+    """A collated batch (see ``collate_detection``) of the dataset items at ``indices``, its
+    canvas padded to a multiple of ``size_divisor`` (a model's ``adapter.size_divisor``: 32 for
+    RT-DETR and D-FINE)."""
+    return collate_detection([dataset[i] for i in indices], size_divisor)
 
 
 def one_image(batch: dict, index: int) -> dict:
